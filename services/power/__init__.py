@@ -1,0 +1,5 @@
+"""The ``power`` device kind: one interface, several drivers."""
+
+from .interface import PowerDriver
+
+__all__ = ["PowerDriver"]
