@@ -29,8 +29,6 @@ def load_driver(kind: str, driver: str) -> type[Driver]:
         raise ConfigError(f"unknown kind {kind!r}; known kinds: {', '.join(sorted(DRIVERS))}")
     target = kinds.get(driver)
     if target is None:
-        raise ConfigError(
-            f"unknown {kind} driver {driver!r}; known: {', '.join(sorted(kinds))}"
-        )
+        raise ConfigError(f"unknown {kind} driver {driver!r}; known: {', '.join(sorted(kinds))}")
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]

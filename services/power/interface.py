@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-
 from labctl.errors import NotSupported
 
 from ..driver import Driver

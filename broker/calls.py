@@ -1,0 +1,140 @@
+"""Broker calls: what clients ask the broker itself (queries, leases, health, journal).
+
+Each handler takes the caller's routing id, the request id and keyword arguments and
+returns a msgpack-able result, or ``None`` when the reply comes later (a queued lease).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from typing import TYPE_CHECKING, Any
+
+from labctl import protocol
+from labctl.errors import BadArguments, BadRequest, DeviceNotFound
+from labctl.protocol import Message
+from labctl.selector import parse
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+
+class BrokerCalls:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.table = {
+            "hello": self.hello,
+            "devices": self.devices,
+            "device": self.device,
+            "events": self.events,
+            "health": self.health,
+            "audit": self.audit,
+            "lease.acquire": self.lease_acquire,
+            "lease.release": self.lease_release,
+            "lease.extend": self.lease_extend,
+            "lease.keepalive": self.lease_keepalive,
+            "lease.list": self.lease_list,
+            "lease.show": self.lease_show,
+        }
+
+    def dispatch(self, ident: bytes, msg: Message) -> None:
+        rid = msg.header.get("id")
+        name = msg.header.get("method")
+        fn = self.table.get(name) if isinstance(name, str) else None
+        if fn is None:
+            raise BadRequest(f"the broker has no call {name!r}; it has {', '.join(self.table)}")
+        _, kwargs = protocol.unpack_args(msg.payload[0]) if msg.payload else ([], {})
+        try:
+            result = fn(ident, rid, **kwargs)
+        except TypeError as exc:
+            raise BadArguments(f"broker call {name}: {exc}") from None
+        if result is not _LATER:
+            self.broker.send(
+                ident, protocol.encode(protocol.REPLY, {"id": rid}, protocol.pack(result))
+            )
+
+    # -- discovery ----------------------------------------------------------------------
+    def hello(self, ident: bytes, rid: Any) -> dict[str, Any]:
+        return self.broker.welcome()
+
+    def devices(self, ident: bytes, rid: Any, selector: str = "") -> list[dict[str, Any]]:
+        leases = self.broker.leases
+        return [d.summary(leases.holder_of(d)) for d in self.broker.registry.query(parse(selector))]
+
+    def device(self, ident: bytes, rid: Any, name: str) -> dict[str, Any]:
+        dev = self.broker.registry.devices.get(name)
+        if dev is None:
+            raise DeviceNotFound(f"no device named {name!r}", {"device": name})
+        out = dev.summary(self.broker.leases.holder_of(dev))
+        out["interface"] = dev.interface
+        out["on_release"] = dev.on_release
+        return out
+
+    def events(
+        self, ident: bytes, rid: Any, since: float = 3600.0, topic: str = "*", limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Journal rows newer than ``since`` seconds ago whose topic matches the glob."""
+        rows = self.broker.store.events_since(time.time() - float(since), int(limit) * 4)
+        out = []
+        for seq, ts, t, body in rows:
+            if fnmatch.fnmatchcase(t, topic):
+                out.append({"seq": seq, "ts": ts, "topic": t, "body": protocol.unpack(body)})
+        return out[-int(limit) :]
+
+    def health(
+        self, ident: bytes, rid: Any, name: str, health: str, reason: str = "", who: str = "?"
+    ) -> dict[str, Any]:
+        return self.broker.leases.set_health(name, health, reason, who)
+
+    def audit(self, ident: bytes, rid: Any, limit: int = 100) -> list[dict[str, Any]]:
+        return self.broker.store.audit_rows(int(limit))
+
+    # -- leases -------------------------------------------------------------------------
+    def lease_acquire(self, ident: bytes, rid: Any, **args: Any) -> Any:
+        result = self.broker.leases.acquire(ident, rid, args)
+        return _LATER if result is None else result
+
+    def lease_release(
+        self,
+        ident: bytes,
+        rid: Any,
+        id: str,
+        force: bool = False,
+        reason: str = "",
+        reset: bool = True,
+        who: str = "?",
+    ) -> dict[str, Any]:
+        leases = self.broker.leases
+        lease = leases.get(id)
+        if force and not reason:
+            raise BadRequest("a forced release needs a reason (--reason TEXT)")
+        leases.end(lease.id, "forced" if force else "released", who=who, reset=reset, why=reason)
+        return {"id": lease.id, "released": True}
+
+    def lease_extend(
+        self, ident: bytes, rid: Any, id: str, duration: float, who: str = "?"
+    ) -> dict[str, Any]:
+        return self.broker.leases.extend(id, duration, who)
+
+    def lease_keepalive(self, ident: bytes, rid: Any, ids: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for lease_id in ids:
+            try:
+                out[lease_id] = self.broker.leases.keepalive(lease_id)
+            except Exception as exc:
+                out[lease_id] = {"error": str(exc)}
+        return out
+
+    def lease_list(self, ident: bytes, rid: Any) -> dict[str, Any]:
+        leases = self.broker.leases
+        queued = [
+            {"position": i, "selector": w.selector, "holder": w.holder, "since": w.queued_at}
+            for i, w in enumerate(leases.queue, 1)
+        ]
+        return {"leases": [leases.describe(lid) for lid in leases.leases], "queue": queued}
+
+    def lease_show(self, ident: bytes, rid: Any, id: str) -> dict[str, Any]:
+        return self.broker.leases.describe(id)
+
+
+_LATER = object()

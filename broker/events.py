@@ -1,0 +1,40 @@
+"""Publishing events: sequence numbers, timestamps, the XPUB socket and the journal.
+
+Wire form on the events socket: ``[topic, msgpack {seq, ts, topic}, body]`` where body is
+the msgpack the publisher sent, forwarded as it came. XPUB drops messages for a
+subscriber that falls a high-water mark behind: events are best effort live, and the
+journal (``labctl events --since``) is the record.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+from labctl import protocol
+
+from .store import Store
+
+
+class EventHub:
+    def __init__(self, sock: zmq.Socket, store: Store) -> None:
+        self.sock = sock
+        self.store = store
+        self.seq = store.last_seq()
+
+    def publish_raw(self, topic: str, body: Any) -> int:
+        """Publish a body that is already msgpack (bytes or a zmq.Frame)."""
+        self.seq += 1
+        ts = time.time()
+        raw = body.bytes if hasattr(body, "bytes") else bytes(body)
+        meta = protocol.pack({"seq": self.seq, "ts": ts, "topic": topic})
+        try:
+            self.sock.send_multipart([topic.encode(), meta, raw], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # no subscriber can take it now; the journal still has it
+        self.store.add_event(self.seq, ts, topic, raw)
+        return self.seq
+
+    def publish(self, topic: str, body: Any) -> int:
+        return self.publish_raw(topic, protocol.pack(body))

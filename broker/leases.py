@@ -1,0 +1,343 @@
+"""Leases: atomic group allocation, a fair FIFO queue, expiry, keepalives, persistence.
+
+A lease takes every matching device of one group (devices sharing the group label, `dut`
+by default; a device without it is a group of one) or nothing. Requests that cannot be
+served wait in FIFO order: on each change the queue is walked front to back and each
+waiter takes the first free group it matches, so an earlier request always gets first
+pick. Granted leases are written to SQLite before the grant is sent, so ``kill -9`` of the
+broker loses none; queued requests are not persisted (the SDK re-queues them).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+from labctl import protocol
+from labctl.errors import (
+    BadRequest,
+    DeviceBusy,
+    LeaseNotFound,
+    LeaseRequired,
+    NoMatch,
+    WaitTimeout,
+)
+from labctl.selector import parse
+
+if TYPE_CHECKING:
+    from .registry import Device
+    from .server import Broker
+
+log = structlog.get_logger("leases")
+
+
+@dataclass(slots=True)
+class Lease:
+    id: str
+    holder: str
+    selector: str
+    devices: list[str]
+    begin: float
+    end: float
+    grace: float
+    keepalive_at: float = field(default_factory=time.monotonic)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "holder": self.holder,
+            "selector": self.selector,
+            "devices": self.devices,
+            "begin": self.begin,
+            "end": self.end,
+            "grace": self.grace,
+        }
+
+
+@dataclass(slots=True)
+class Waiter:
+    ident: bytes
+    rid: Any
+    selector: str
+    duration: float
+    holder: str
+    deadline: float
+    queued_at: float = field(default_factory=time.time)
+
+
+class LeaseTable:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.leases: dict[str, Lease] = {}
+        self.queue: list[Waiter] = []
+        self.remembered_health: dict[str, tuple[str, str]] = {}
+        self._changed = trio.Event()
+
+    # -- persistence --------------------------------------------------------------------
+    def load(self) -> None:
+        now = time.monotonic()
+        for row in self.broker.store.load_leases():
+            lease = Lease(**row, keepalive_at=now)
+            self.leases[lease.id] = lease
+        if self.leases:
+            log.info("leases restored", count=len(self.leases))
+
+    def device_registered(self, dev: Device) -> None:
+        """Re-attach restored leases and health to a device as it (re-)registers."""
+        for lease in self.leases.values():
+            if dev.name in lease.devices:
+                dev.lease = lease.id
+        if dev.name in self.remembered_health:
+            dev.health, dev.health_reason = self.remembered_health[dev.name]
+
+    # -- access checks ------------------------------------------------------------------
+    def check_access(self, dev: Device, lease_id: Any, action: str) -> None:
+        if dev.lease is None:
+            raise LeaseRequired(
+                f"{action} on {dev.name!r} needs a lease; take one with "
+                f"`labctl lease acquire name={dev.name}` or use the SDK's lab.lease()",
+                {"device": dev.name},
+            )
+        if dev.lease != lease_id:
+            holder = self.leases[dev.lease].holder if dev.lease in self.leases else "?"
+            raise DeviceBusy(
+                f"{dev.name!r} is leased by {holder}"
+                + ("" if lease_id is None else f"; lease {lease_id} does not cover it"),
+                {"device": dev.name, "holder": holder},
+            )
+
+    def holder_of(self, dev: Device) -> str | None:
+        lease = self.leases.get(dev.lease) if dev.lease else None
+        return lease.holder if lease else None
+
+    # -- acquire ------------------------------------------------------------------------
+    def acquire(self, ident: bytes, rid: Any, args: dict[str, Any]) -> dict[str, Any] | None:
+        """Grant now (returns the lease), queue (returns None, replies later) or raise."""
+        selector = str(args.get("selector", ""))
+        sel = parse(selector)
+        duration = _positive(args.get("duration", 1800.0), "duration")
+        wait = float(args.get("wait", 0.0) or 0.0)
+        holder = str(args.get("holder") or "anonymous")
+        matched = self.broker.registry.query(sel)
+        if not matched:
+            raise NoMatch(f"no device matches selector {selector!r}", {"selector": selector})
+        lease = self._try_grant(selector, duration, holder, matched)
+        if lease is not None:
+            return self._describe(lease)
+        if wait <= 0:
+            raise self._busy_error(selector, matched)
+        waiter = Waiter(ident, rid, selector, duration, holder, time.time() + wait)
+        self.queue.append(waiter)
+        position = len(self.queue)
+        self._progress(waiter, position)
+        self.broker.publish(
+            f"lease.request.{rid}.queued",
+            {"selector": selector, "position": position, "holder": holder},
+        )
+        self._changed.set()
+        return None
+
+    def _groups(self, matched: list[Device]) -> dict[str, list[Device]]:
+        key = self.broker.settings.group_label
+        groups: dict[str, list[Device]] = {}
+        for dev in matched:
+            groups.setdefault(dev.labels.get(key) or f"\0{dev.name}", []).append(dev)
+        return groups
+
+    def _try_grant(
+        self, selector: str, duration: float, holder: str, matched: list[Device]
+    ) -> Lease | None:
+        for _, devs in sorted(self._groups(matched).items()):
+            if all(d.lease is None and d.online and d.health == "good" for d in devs):
+                return self._grant(selector, duration, holder, devs)
+        return None
+
+    def _grant(self, selector: str, duration: float, holder: str, devs: list[Device]) -> Lease:
+        now = time.time()
+        lease = Lease(
+            id=secrets.token_urlsafe(12),
+            holder=holder,
+            selector=selector,
+            devices=sorted(d.name for d in devs),
+            begin=now,
+            end=now + duration,
+            grace=self.broker.settings.lease_grace,
+        )
+        self.broker.store.save_lease(lease.row())
+        self.broker.store.audit(holder, "lease.granted", lease.id, f"{selector} -> {lease.devices}")
+        self.leases[lease.id] = lease
+        for d in devs:
+            d.lease = lease.id
+        self.broker.publish(f"lease.{lease.id}.granted", lease.row())
+        self._changed.set()
+        return lease
+
+    def _busy_error(self, selector: str, matched: list[Device]) -> Exception:
+        reasons = []
+        for dev in matched:
+            if dev.lease is not None:
+                reasons.append(f"{dev.name} leased by {self.holder_of(dev)}")
+            elif not dev.online:
+                reasons.append(f"{dev.name} offline")
+            elif dev.health != "good":
+                reasons.append(f"{dev.name} in {dev.health}")
+        return DeviceBusy(
+            f"no free group matches {selector!r}: " + "; ".join(reasons[:5]),
+            {"selector": selector, "reasons": reasons},
+        )
+
+    def _progress(self, w: Waiter, position: int) -> None:
+        hdr = {"id": w.rid, "progress": True}
+        if not self.broker.send(
+            w.ident, protocol.encode(protocol.REPLY, hdr, protocol.pack({"position": position}))
+        ):
+            w.deadline = 0  # the requester is gone; drop it on the next pass
+
+    def poke(self) -> None:
+        """Something changed (release, registration, health): serve the queue."""
+        if not self.queue:
+            return
+        still: list[Waiter] = []
+        now = time.time()
+        for w in self.queue:
+            if w.deadline <= now:
+                self._expire_waiter(w)
+                continue
+            matched = self.broker.registry.query(parse(w.selector))
+            lease = self._try_grant(w.selector, w.duration, w.holder, matched) if matched else None
+            if lease is None:
+                still.append(w)
+                continue
+            reply = protocol.encode(
+                protocol.REPLY, {"id": w.rid}, protocol.pack(self._describe(lease))
+            )
+            if not self.broker.send(w.ident, reply):
+                self.end(lease.id, "holder-lost", reset=True)
+        changed = len(still) != len(self.queue)
+        self.queue = still
+        if changed:
+            for i, w in enumerate(self.queue, 1):
+                self._progress(w, i)
+
+    def _expire_waiter(self, w: Waiter) -> None:
+        if w.deadline == 0:
+            return
+        waited = time.time() - w.queued_at
+        err = WaitTimeout(f"no group matching {w.selector!r} became free within {waited:.1f}s")
+        self.broker.send(w.ident, protocol.error_frames(err, w.rid))
+
+    # -- keepalive, extend, release -----------------------------------------------------
+    def get(self, lease_id: Any) -> Lease:
+        lease = self.leases.get(lease_id) if isinstance(lease_id, str) else None
+        if lease is None:
+            raise LeaseNotFound(f"no active lease {lease_id!r} (released or expired?)")
+        return lease
+
+    def keepalive(self, lease_id: Any) -> dict[str, Any]:
+        lease = self.get(lease_id)
+        lease.keepalive_at = time.monotonic()
+        return {"end": lease.end}
+
+    def extend(self, lease_id: Any, duration: Any, who: str) -> dict[str, Any]:
+        lease = self.get(lease_id)
+        lease.end = max(lease.end, time.time()) + _positive(duration, "duration")
+        lease.keepalive_at = time.monotonic()
+        self.broker.store.save_lease(lease.row())
+        self.broker.store.audit(who, "lease.extended", lease.id, f"end={lease.end:.0f}")
+        self._changed.set()
+        return self._describe(lease)
+
+    def end(
+        self, lease_id: str, reason: str, who: str = "broker", reset: bool = True, why: str = ""
+    ) -> None:
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return
+        self.broker.store.delete_lease(lease_id)
+        self.broker.store.audit(who, "lease.ended", lease_id, f"{reason} {why}".strip())
+        for name in lease.devices:
+            dev = self.broker.registry.devices.get(name)
+            if dev is None or dev.lease != lease_id:
+                continue
+            dev.lease = None
+            if reset and dev.on_release == "reset" and dev.service_alive:
+                self._reset(dev)
+        self.broker.streams.lease_ended(lease_id)
+        self.broker.publish(
+            f"lease.{lease_id}.ended", {"reason": reason, "devices": lease.devices, "why": why}
+        )
+        log.info("lease ended", lease=lease_id, reason=reason, devices=lease.devices)
+        self.poke()
+
+    def _reset(self, dev: Device) -> None:
+        hdr = {"id": None, "device": dev.name, "method": "__reset__", "lease": None}
+        self.broker.send(
+            dev.ident, protocol.encode(protocol.REQUEST, hdr, protocol.pack_args([], {}))
+        )
+
+    def set_health(self, name: str, health: str, reason: str, who: str) -> dict[str, Any]:
+        if health not in ("good", "maintenance", "bad"):
+            raise BadRequest(f"health must be good, maintenance or bad, not {health!r}")
+        dev = self.broker.registry.devices.get(name)
+        if dev is None:
+            from labctl.errors import DeviceNotFound
+
+            raise DeviceNotFound(f"no device named {name!r}")
+        dev.health, dev.health_reason = health, reason
+        self.remembered_health[name] = (health, reason)
+        self.broker.store.set_health(name, health, reason)
+        self.broker.store.audit(who, "device.health", name, f"{health} {reason}".strip())
+        self.broker.publish(f"device.{name}.health", {"health": health, "reason": reason})
+        self.poke()
+        return {"name": name, "health": health, "reason": reason}
+
+    # -- time ---------------------------------------------------------------------------
+    def tick(self) -> None:
+        """End leases past their end time or whose holder went silent; expire waiters."""
+        now, mono = time.time(), time.monotonic()
+        for lease in list(self.leases.values()):
+            if lease.end <= now:
+                self.end(lease.id, "expired")
+            elif mono - lease.keepalive_at > lease.grace:
+                self.end(lease.id, "holder-lost")
+        if any(w.deadline <= now for w in self.queue):
+            self.poke()
+
+    async def run(self) -> None:
+        """Wake at the next deadline (lease end, grace, waiter) or when something changes."""
+        while True:
+            self.tick()
+            now, mono = time.time(), time.monotonic()
+            nxt = 5.0
+            for lease in self.leases.values():
+                nxt = min(nxt, lease.end - now, lease.keepalive_at + lease.grace - mono)
+            for w in self.queue:
+                nxt = min(nxt, w.deadline - now)
+            self._changed = trio.Event()
+            with trio.move_on_after(max(nxt, 0.001)):
+                await self._changed.wait()
+
+    def describe(self, lease_id: Any) -> dict[str, Any]:
+        return self._describe(self.get(lease_id))
+
+    def _describe(self, lease: Lease) -> dict[str, Any]:
+        devs = self.broker.registry.devices
+        return {
+            **lease.row(),
+            "kinds": {n: devs[n].kind for n in lease.devices if n in devs},
+            "interfaces": {n: devs[n].interface for n in lease.devices if n in devs},
+        }
+
+
+def _positive(value: Any, what: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{what} must be a number of seconds, not {value!r}") from None
+    if v <= 0:
+        raise BadRequest(f"{what} must be positive, not {v}")
+    return v

@@ -1,0 +1,160 @@
+"""Every device the broker knows, the services that drive them, and label queries."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from labctl.errors import DuplicateName, ProtocolError
+from labctl.selector import Selector
+
+BUILTIN_LABELS = ("name", "kind", "driver", "host")
+
+
+@dataclass(slots=True)
+class Service:
+    ident: bytes
+    name: str
+    host: str
+    pid: int
+    version: str
+    devices: list[str]
+    last_seen: float = field(default_factory=time.monotonic)
+    alive: bool = True
+
+
+@dataclass(slots=True)
+class Device:
+    name: str
+    kind: str
+    driver: str
+    labels: dict[str, str]
+    interface: dict[str, Any]
+    service: str
+    ident: bytes
+    on_release: str = "reset"
+    service_alive: bool = True
+    reachable: bool = True
+    reachable_reason: str = ""
+    health: str = "good"
+    health_reason: str = ""
+    lease: str | None = None
+    status: Any = None
+    status_ts: float = 0.0
+
+    @property
+    def online(self) -> bool:
+        return self.service_alive and self.reachable
+
+    def method(self, name: str) -> dict[str, Any] | None:
+        return self.interface.get("methods", {}).get(name)
+
+    def summary(self, holder: str | None = None) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "driver": self.driver,
+            "labels": self.labels,
+            "online": self.online,
+            "offline_reason": "" if self.online else self._offline_reason(),
+            "health": self.health,
+            "health_reason": self.health_reason,
+            "lease": self.lease,
+            "holder": holder,
+            "status": self.status,
+            "service": self.service,
+        }
+
+    def _offline_reason(self) -> str:
+        if not self.service_alive:
+            return f"service {self.service} not heard from"
+        return self.reachable_reason or "hardware unreachable"
+
+
+class Registry:
+    """Devices by name and services by routing id; the broker's single source of truth."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, Device] = {}
+        self.services: dict[bytes, Service] = {}
+
+    def register(self, ident: bytes, header: dict[str, Any]) -> tuple[Service, list[Device]]:
+        """Add a service and its devices; DuplicateName if a live holder has a name."""
+        try:
+            svc_name = str(header["service"])
+            entries = list(header["devices"])
+        except (KeyError, TypeError):
+            raise ProtocolError("register needs 'service' and a 'devices' list") from None
+        host = str(header.get("host", ""))
+        parsed: list[Device] = []
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise ProtocolError("each registered device needs a string 'name'")
+            name = entry["name"]
+            held = self.devices.get(name)
+            if held is not None and held.service_alive and held.ident != ident:
+                holder = self.services.get(held.ident)
+                where = f" on {holder.host} (pid {holder.pid})" if holder else ""
+                raise DuplicateName(
+                    f"device name {name!r} is already registered by service "
+                    f"{held.service!r}{where}",
+                    {"device": name, "holder": held.service},
+                )
+            labels = {str(k): str(v) for k, v in dict(entry.get("labels") or {}).items()}
+            kind, driver = str(entry.get("kind", "")), str(entry.get("driver", ""))
+            labels.update(name=name, kind=kind, driver=driver, host=host)
+            parsed.append(
+                Device(
+                    name=name,
+                    kind=kind,
+                    driver=driver,
+                    labels=labels,
+                    interface=dict(entry.get("interface") or {}),
+                    service=svc_name,
+                    ident=ident,
+                    on_release=str(entry.get("on_release", "reset")),
+                )
+            )
+        old = self.services.pop(ident, None)
+        if old is not None:
+            self._forget_devices(old, keep={d.name for d in parsed})
+        svc = Service(
+            ident=ident,
+            name=svc_name,
+            host=host,
+            pid=int(header.get("pid", 0)),
+            version=str(header.get("version", "")),
+            devices=[d.name for d in parsed],
+        )
+        self.services[ident] = svc
+        for dev in parsed:
+            previous = self.devices.get(dev.name)
+            if previous is not None:  # keep what the broker owns across re-registration
+                dev.health, dev.health_reason = previous.health, previous.health_reason
+                dev.lease, dev.status = previous.lease, previous.status
+            self.devices[dev.name] = dev
+        return svc, parsed
+
+    def _forget_devices(self, svc: Service, keep: set[str]) -> None:
+        for name in svc.devices:
+            dev = self.devices.get(name)
+            if dev is not None and dev.ident == svc.ident and name not in keep:
+                dev.service_alive = False
+
+    def service_lost(self, ident: bytes) -> list[Device]:
+        """Mark a service gone; its devices stay known but offline. Returns them."""
+        svc = self.services.pop(ident, None)
+        if svc is None:
+            return []
+        lost = []
+        for name in svc.devices:
+            dev = self.devices.get(name)
+            if dev is not None and dev.ident == ident and dev.service_alive:
+                dev.service_alive = False
+                lost.append(dev)
+        return lost
+
+    def query(self, selector: Selector) -> list[Device]:
+        match = selector.matches
+        return [d for d in self.devices.values() if match(d.labels)]

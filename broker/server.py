@@ -1,0 +1,325 @@
+"""The broker: one ROUTER for the bus, one XPUB for events, one trio thread of control.
+
+All message handling is synchronous (no awaits) and runs in the bus loop, which drains
+every ready message before it waits again; only timers (heartbeats, lease expiry,
+journal flush) run as separate tasks. Nothing here decodes a payload it does not own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+import zmq
+from labctl import protocol
+from labctl.errors import (
+    BadRequest,
+    DeviceNotFound,
+    DeviceOffline,
+    LabError,
+    MethodNotFound,
+    ProtocolError,
+    ServiceGone,
+)
+from labctl.protocol import Message
+from labctl.triozmq import TrioSocket
+
+from .calls import BrokerCalls
+from .events import EventHub
+from .leases import LeaseTable
+from .registry import Device, Registry
+from .store import Store
+from .streams import StreamRouter
+
+log = structlog.get_logger("broker")
+
+
+@dataclass
+class BrokerSettings:
+    bus: str = "tcp://127.0.0.1:5550"
+    events: str = "tcp://127.0.0.1:5551"
+    state: Path = field(default_factory=lambda: Path(".labctl-state"))
+    heartbeat: float = protocol.HEARTBEAT_INTERVAL
+    liveness: int = protocol.HEARTBEAT_LIVENESS
+    group_label: str = "dut"
+    lease_grace: float = 60.0
+    max_payload: int = protocol.MAX_PAYLOAD
+    events_public: str | None = None  # the events address peers should use, if not `events`
+
+
+@dataclass(slots=True)
+class Pending:
+    client: bytes
+    client_id: Any
+    service: bytes
+    deadline: float
+
+
+class Broker:
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+        self.ctx = zmq.Context.instance()
+        self.store = Store(settings.state)
+        self.registry = Registry()
+        self.pending: dict[int, Pending] = {}
+        self._next_rid = 0
+        self.bus: TrioSocket | None = None
+        self.events: EventHub | None = None
+        self.bus_endpoint = ""
+        self.events_endpoint = ""
+        self.leases = LeaseTable(self)
+        self.streams = StreamRouter(self)
+        self.calls = BrokerCalls(self)
+        self.started = time.time()
+
+    # -- life cycle ---------------------------------------------------------------------
+    def bind(self) -> None:
+        router = self.ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.SNDHWM, 10000)
+        router.setsockopt(zmq.RCVHWM, 10000)
+        router.bind(self.settings.bus)
+        self.bus_endpoint = router.get(zmq.LAST_ENDPOINT).decode()
+        xpub = self.ctx.socket(zmq.XPUB)
+        xpub.setsockopt(zmq.LINGER, 0)
+        xpub.setsockopt(zmq.SNDHWM, 100000)
+        xpub.bind(self.settings.events)
+        self.events_endpoint = xpub.get(zmq.LAST_ENDPOINT).decode()
+        self.bus = TrioSocket(router)
+        self.events = EventHub(xpub, self.store)
+        for name, (health, reason) in self.store.load_health().items():
+            self.leases.remembered_health[name] = (health, reason)
+        self.leases.load()
+
+    async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.bind()
+        log.info("broker listening", bus=self.bus_endpoint, events=self.events_endpoint)
+        self.publish("broker.started", {"bus": self.bus_endpoint, "pid": os.getpid()})
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._bus_loop)
+                nursery.start_soon(self._housekeeping)
+                nursery.start_soon(self.leases.run)
+                task_status.started(self)
+        finally:
+            self.store.close()
+            assert self.bus is not None and self.events is not None
+            self.bus.close()
+            self.events.sock.close(0)
+
+    # -- the bus loop -------------------------------------------------------------------
+    async def _bus_loop(self) -> None:
+        assert self.bus is not None
+        bus = self.bus
+        while True:
+            frames = await bus.recv(copy=False)
+            self._handle(frames)
+            for _ in range(256):  # drain what is ready before waiting again
+                frames = bus.recv_nowait(copy=False)
+                if frames is None:
+                    break
+                self._handle(frames)
+
+    def _handle(self, frames: list[Any]) -> None:
+        ident = frames[0].bytes
+        try:
+            msg = protocol.decode(frames[1:], self.settings.max_payload)
+        except ProtocolError as err:
+            log.warning("bad message", peer=ident.hex(), error=err.message)
+            self.send(ident, protocol.error_frames(err))
+            return
+        svc = self.registry.services.get(ident)
+        if svc is not None:
+            svc.last_seen = time.monotonic()
+        try:
+            handler = self._handlers.get(msg.mtype)
+            if handler is None:
+                raise ProtocolError(f"the broker does not accept {msg.name} messages")
+            handler(self, ident, msg)
+        except LabError as err:
+            self.send(ident, protocol.error_frames(err, msg.header.get("id")))
+        except Exception as exc:  # a bug must not take the broker down
+            log.exception("handler failed", type=msg.name)
+            err = LabError(f"broker internal error: {type(exc).__name__}: {exc}")
+            self.send(ident, protocol.error_frames(err, msg.header.get("id")))
+
+    def send(self, ident: bytes, frames: list[Any]) -> bool:
+        """Send to one peer now; False if it is gone or full (never blocks, never raises)."""
+        assert self.bus is not None
+        try:
+            if self.bus.send_nowait([ident, *frames], copy=False):
+                return True
+            log.warning("peer not keeping up; message dropped", peer=ident.hex())
+        except zmq.ZMQError:
+            pass  # EHOSTUNREACH: the peer disconnected
+        return False
+
+    # -- registration and liveness ------------------------------------------------------
+    def _on_register(self, ident: bytes, msg: Message) -> None:
+        svc, devices = self.registry.register(ident, msg.header)
+        for dev in devices:
+            self.leases.device_registered(dev)
+        self.send(ident, protocol.encode(protocol.WELCOME, self.welcome()))
+        log.info("service registered", service=svc.name, devices=len(devices), host=svc.host)
+        for dev in devices:
+            self.publish(f"device.{dev.name}.online", {"online": dev.online, "service": svc.name})
+        self.leases.poke()
+
+    def welcome(self) -> dict[str, Any]:
+        return {
+            "events": self.settings.events_public or self.events_endpoint,
+            "heartbeat": self.settings.heartbeat,
+            "liveness": self.settings.liveness,
+            "broker": socket.gethostname(),
+            "started": self.started,
+        }
+
+    def _on_heartbeat(self, ident: bytes, msg: Message) -> None:
+        if ident not in self.registry.services and msg.header.get("role") == "service":
+            # A service we do not know (we restarted, or it timed out): make it register.
+            self.send(ident, protocol.encode(protocol.DISCONNECT, {"reason": "unknown peer"}))
+
+    def _on_disconnect(self, ident: bytes, msg: Message) -> None:
+        self._service_lost(ident, str(msg.header.get("reason", "disconnected")))
+
+    def _service_lost(self, ident: bytes, reason: str) -> None:
+        svc = self.registry.services.get(ident)
+        lost = self.registry.service_lost(ident)
+        if svc is not None:
+            log.warning("service offline", service=svc.name, reason=reason)
+        for dev in lost:
+            self.publish(f"device.{dev.name}.online", {"online": False, "reason": reason})
+        for rid, p in list(self.pending.items()):
+            if p.service == ident:
+                del self.pending[rid]
+                self.send(
+                    p.client,
+                    protocol.error_frames(ServiceGone(f"service went away: {reason}"), p.client_id),
+                )
+        self.streams.peer_lost(ident, f"service went away: {reason}")
+
+    async def _housekeeping(self) -> None:
+        s = self.settings
+        while True:
+            await trio.sleep(s.heartbeat)
+            now = time.monotonic()
+            hb = protocol.encode(protocol.HEARTBEAT, {})
+            for ident, svc in list(self.registry.services.items()):
+                if now - svc.last_seen > s.heartbeat * s.liveness:
+                    self._service_lost(ident, "heartbeat timeout")
+                else:
+                    self.send(ident, hb)
+            wall = time.time()
+            for rid, p in list(self.pending.items()):
+                if p.deadline < wall - 1.0:
+                    del self.pending[rid]
+            self.leases.tick()
+            self.store.flush()
+
+    # -- RPC routing --------------------------------------------------------------------
+    def device_for(self, header: dict[str, Any]) -> Device:
+        name = header.get("device")
+        if not isinstance(name, str):
+            raise BadRequest("request header needs a 'device' name")
+        dev = self.registry.devices.get(name)
+        if dev is None:
+            raise DeviceNotFound(f"no device named {name!r}", {"device": name})
+        return dev
+
+    def _on_request(self, ident: bytes, msg: Message) -> None:
+        h = msg.header
+        dev = self.device_for(h)
+        method = h.get("method")
+        spec = dev.method(method) if isinstance(method, str) else None
+        if spec is None:
+            known = ", ".join(sorted(dev.interface.get("methods", {})))
+            raise MethodNotFound(
+                f"device {dev.name!r} ({dev.kind}) has no method {method!r}; it has: {known}",
+                {"device": dev.name, "method": method},
+            )
+        if not dev.online:
+            raise DeviceOffline(f"device {dev.name!r} is offline ({dev._offline_reason()})")
+        if spec.get("mutating"):
+            self.leases.check_access(dev, h.get("lease"), f"call {method}")
+        deadline = float(h.get("deadline") or time.time() + protocol.DEFAULT_TIMEOUT)
+        self._next_rid += 1
+        rid = self._next_rid
+        fwd = {"id": rid, "device": dev.name, "method": method, "lease": h.get("lease")}
+        if self.send(dev.ident, protocol.encode(protocol.REQUEST, fwd, *msg.payload)):
+            self.pending[rid] = Pending(ident, h.get("id"), dev.ident, deadline)
+        else:
+            raise ServiceGone(f"service {dev.service!r} of {dev.name!r} is not reachable")
+
+    def _on_reply(self, ident: bytes, msg: Message) -> None:
+        h = msg.header
+        rid = h.get("id")
+        p = self.pending.pop(rid, None) if isinstance(rid, int) else None
+        if p is None or p.service != ident:
+            return  # late reply after a timeout, or a confused peer: nothing to route
+        out = dict(h)
+        out["id"] = p.client_id
+        self.send(p.client, [protocol.TAG, msg.mtype, protocol.pack(out), *msg.payload])
+
+    def _on_call(self, ident: bytes, msg: Message) -> None:
+        self.calls.dispatch(ident, msg)
+
+    def _on_event(self, ident: bytes, msg: Message) -> None:
+        svc = self.registry.services.get(ident)
+        topic = msg.header.get("topic")
+        if svc is None or not isinstance(topic, str) or not msg.payload:
+            raise BadRequest("events need a registered service, a topic and a body")
+        parts = topic.split(".")
+        if len(parts) < 3 or parts[0] != "device" or ".".join(parts[1:-1]) not in svc.devices:
+            raise BadRequest(f"service {svc.name!r} may not publish on {topic!r}")
+        name, what = ".".join(parts[1:-1]), parts[-1]
+        dev = self.registry.devices[name]
+        if what == "status":
+            try:
+                dev.status = protocol.unpack(msg.payload[0].buffer)
+            except Exception:
+                raise BadRequest("status body is not msgpack") from None
+            dev.status_ts = time.time()
+        elif what == "online":
+            body = protocol.unpack(msg.payload[0].buffer)
+            dev.reachable = bool(body.get("online")) if isinstance(body, dict) else False
+            dev.reachable_reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
+            self.leases.poke()
+        self.events_hub.publish_raw(topic, msg.payload[0])
+
+    # -- streams (see streams.py) -------------------------------------------------------
+    def _on_stream(self, ident: bytes, msg: Message) -> None:
+        self.streams.handle(ident, msg)
+
+    @property
+    def events_hub(self) -> EventHub:
+        assert self.events is not None
+        return self.events
+
+    def publish(self, topic: str, body: Any) -> None:
+        self.events_hub.publish(topic, body)
+
+    _handlers = {
+        protocol.REGISTER: _on_register,
+        protocol.HEARTBEAT: _on_heartbeat,
+        protocol.DISCONNECT: _on_disconnect,
+        protocol.REQUEST: _on_request,
+        protocol.REPLY: _on_reply,
+        protocol.ERROR: _on_reply,
+        protocol.CALL: _on_call,
+        protocol.EVENT: _on_event,
+        protocol.STREAM_OPEN: _on_stream,
+        protocol.STREAM_DATA: _on_stream,
+        protocol.STREAM_CREDIT: _on_stream,
+        protocol.STREAM_CLOSE: _on_stream,
+    }
+
+
+async def run_broker(settings: BrokerSettings) -> None:
+    await Broker(settings).serve()

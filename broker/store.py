@@ -1,0 +1,129 @@
+"""The broker's durable state in one SQLite file: event journal, leases, audit journal.
+
+Writes go through one connection owned by the broker's trio thread. Events are committed
+in batches (every tick of the broker's housekeeping task); lease changes and audit rows
+are committed at once, because a lease that was granted must survive ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, ts REAL NOT NULL, topic TEXT NOT NULL, body BLOB
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+CREATE TABLE IF NOT EXISTS leases (
+    id TEXT PRIMARY KEY, holder TEXT NOT NULL, selector TEXT NOT NULL,
+    devices TEXT NOT NULL, begin REAL NOT NULL, end REAL NOT NULL,
+    grace REAL NOT NULL, reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, who TEXT NOT NULL,
+    action TEXT NOT NULL, target TEXT NOT NULL, why TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS health (
+    device TEXT PRIMARY KEY, health TEXT NOT NULL, reason TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "broker.sqlite3"
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self._pending_events: list[tuple[int, float, str, bytes]] = []
+        self.retention = 7 * 24 * 3600.0
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()
+
+    # -- events -------------------------------------------------------------------------
+    def last_seq(self) -> int:
+        row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def add_event(self, seq: int, ts: float, topic: str, body: bytes) -> None:
+        self._pending_events.append((seq, ts, topic, body))
+
+    def flush(self) -> None:
+        if not self._pending_events:
+            return
+        rows, self._pending_events = self._pending_events, []
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO events VALUES (?,?,?,?)", rows)
+
+    def events_since(self, since_ts: float, limit: int) -> list[tuple[int, float, str, bytes]]:
+        self.flush()
+        cur = self.db.execute(
+            "SELECT seq, ts, topic, body FROM events WHERE ts >= ? ORDER BY seq LIMIT ?",
+            (since_ts, limit),
+        )
+        return list(cur)
+
+    def prune(self) -> None:
+        self.db.execute("DELETE FROM events WHERE ts < ?", (time.time() - self.retention,))
+
+    # -- leases -------------------------------------------------------------------------
+    def save_lease(self, row: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?,?,?,?)",
+            (
+                row["id"],
+                row["holder"],
+                row["selector"],
+                json.dumps(row["devices"]),
+                row["begin"],
+                row["end"],
+                row["grace"],
+                row.get("reason", ""),
+            ),
+        )
+
+    def delete_lease(self, lease_id: str) -> None:
+        self.db.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+
+    def load_leases(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT id, holder, selector, devices, begin, end, grace FROM leases")
+        return [
+            {
+                "id": r[0],
+                "holder": r[1],
+                "selector": r[2],
+                "devices": json.loads(r[3]),
+                "begin": r[4],
+                "end": r[5],
+                "grace": r[6],
+            }
+            for r in cur
+        ]
+
+    # -- audit and health ---------------------------------------------------------------
+    def audit(self, who: str, action: str, target: str, why: str = "") -> None:
+        self.db.execute(
+            "INSERT INTO audit (ts, who, action, target, why) VALUES (?,?,?,?,?)",
+            (time.time(), who, action, target, why),
+        )
+
+    def audit_rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT ts, who, action, target, why FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [dict(zip(("ts", "who", "action", "target", "why"), r, strict=True)) for r in cur]
+
+    def set_health(self, device: str, health: str, reason: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO health VALUES (?,?,?)", (device, health, reason))
+
+    def load_health(self) -> dict[str, tuple[str, str]]:
+        return {r[0]: (r[1], r[2]) for r in self.db.execute("SELECT * FROM health")}

@@ -1,0 +1,230 @@
+"""Client commands: devices, device, call, power, events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .main import broker_option, lab_from, main, output_option
+from .output import emit, labels_text, status_text, when
+
+DEVICE_COLUMNS = [
+    ("name", lambda d: d["name"]),
+    ("kind", lambda d: d["kind"]),
+    ("driver", lambda d: d["driver"]),
+    ("online", lambda d: "yes" if d["online"] else "no"),
+    ("health", lambda d: d["health"]),
+    ("lease", lambda d: d["holder"] or "-"),
+    ("status", lambda d: status_text(d["status"])),
+    ("labels", lambda d: labels_text(d["labels"])),
+]
+
+
+@main.command()
+@click.option("-l", "--selector", default="", help="Label query, e.g. board=rpi4,site=lab1.")
+@output_option
+@broker_option
+def devices(selector: str, fmt: str, broker: str | None) -> None:
+    """List devices, optionally those matching a label query."""
+    with lab_from(broker) as lab:
+        emit(lab.devices(selector), fmt, DEVICE_COLUMNS)
+
+
+@main.group()
+def device() -> None:
+    """Inspect or administer one device."""
+
+
+@device.command("show")
+@click.argument("name")
+@output_option
+@broker_option
+def device_show(name: str, fmt: str, broker: str | None) -> None:
+    """Show one device: labels, status, lease and its methods."""
+    with lab_from(broker) as lab:
+        info = lab.device(name).info
+    if fmt != "table":
+        emit(info, fmt, [], "name")
+        return
+    click.echo(f"name:    {info['name']}\nkind:    {info['kind']} ({info['driver']})")
+    click.echo(
+        f"service: {info['service']}\nonline:  {'yes' if info['online'] else 'no ' + info['offline_reason']}"
+    )
+    click.echo(f"health:  {info['health']} {info['health_reason']}".rstrip())
+    click.echo(f"lease:   {info['lease'] or '-'} {info['holder'] or ''}".rstrip())
+    click.echo(f"status:  {status_text(info['status'])}\nlabels:  {labels_text(info['labels'])}")
+    click.echo("methods:")
+    for mname, spec in sorted(info["interface"].get("methods", {}).items()):
+        args = ", ".join(
+            a["name"] + (f"={a['default']!r}" if "default" in a else "") for a in spec["args"]
+        )
+        flag = " [needs lease]" if spec["mutating"] else ""
+        click.echo(f"  {mname}({args}){flag}  {spec.get('doc', '')}".rstrip())
+    for sname, spec in sorted(info["interface"].get("streams", {}).items()):
+        click.echo(f"stream:  {sname}{' (writable with lease)' if spec.get('writable') else ''}")
+
+
+@device.command("maintenance")
+@click.argument("name")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--reason", default="", help="Why (kept in the audit journal).")
+@broker_option
+def device_maintenance(name: str, state: str, reason: str, broker: str | None) -> None:
+    """Take a device out of allocation (on) or put it back (off)."""
+    from labctl.client import holder_identity
+
+    health = "maintenance" if state == "on" else "good"
+    with lab_from(broker) as lab:
+        lab.client.call("health", name=name, health=health, reason=reason, who=holder_identity())
+    click.echo(f"{name}: {health}")
+
+
+def parse_value(text: str) -> Any:
+    """CLI arguments: JSON where it parses (numbers, true, lists), else the plain string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def split_args(raw: tuple[str, ...]) -> tuple[list[Any], dict[str, Any]]:
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for item in raw:
+        key, eq, value = item.partition("=")
+        if eq and key.isidentifier():
+            kwargs[key] = parse_value(value)
+        else:
+            args.append(parse_value(item))
+    return args, kwargs
+
+
+def one_shot(
+    lab: Any, name: str, lease_id: str | None, method: str, args: list[Any], kwargs: dict[str, Any]
+) -> Any:
+    """Call a method; a mutating call without a lease leases the device just for it.
+
+    The temporary lease is released without the on-release reset, so `labctl power on`
+    leaves the outlet on.
+    """
+    from labctl.errors import LeaseRequired
+
+    dev = lab.device(name, lease=lease_id)
+    try:
+        return dev.call(method, *args, **kwargs)
+    except LeaseRequired:
+        if lease_id is not None:
+            raise
+    lease = lab.lease(f"name={name}", duration=60)
+    try:
+        return lab.device(name, lease=lease).call(method, *args, **kwargs)
+    finally:
+        lease.release(reset=False)
+
+
+def show_result(result: Any) -> None:
+    if result is None:
+        return
+    if isinstance(result, (dict, list)):
+        click.echo(json.dumps(result, indent=2, default=str))
+    elif isinstance(result, bytes):
+        click.echo(result.decode("utf-8", "replace"), nl=False)
+    else:
+        click.echo(result)
+
+
+lease_option = click.option(
+    "--lease",
+    "lease_id",
+    envvar="LABCTL_LEASE",
+    default=None,
+    help="Lease id to use [env LABCTL_LEASE].",
+)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("device_name")
+@click.argument("method")
+@click.argument("args", nargs=-1)
+@lease_option
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for the reply.")
+@broker_option
+def call(
+    device_name: str,
+    method: str,
+    args: tuple[str, ...],
+    lease_id: str | None,
+    timeout: float | None,
+    broker: str | None,
+) -> None:
+    """Call any METHOD of DEVICE; ARGs are values or key=value (JSON where it parses)."""
+    pos, kw = split_args(args)
+    if timeout is not None:
+        kw_timeout = {"timeout": timeout}
+    else:
+        kw_timeout = {}
+    with lab_from(broker) as lab:
+        if kw_timeout:
+            lab.client.timeout = timeout
+        show_result(one_shot(lab, device_name, lease_id, method, pos, kw))
+
+
+@main.command()
+@click.argument("action", type=click.Choice(["on", "off", "cycle", "state", "read"]))
+@click.argument("device_name")
+@click.option("--wait", type=float, default=None, help="For cycle: seconds off.")
+@lease_option
+@broker_option
+def power(
+    action: str, device_name: str, wait: float | None, lease_id: str | None, broker: str | None
+) -> None:
+    """Switch or read a power device: on, off, cycle, state (prints on/off), read."""
+    kwargs = {"wait": wait} if action == "cycle" and wait is not None else {}
+    with lab_from(broker) as lab:
+        if action == "cycle":
+            lab.client.timeout += wait or 2.0
+        show_result(one_shot(lab, device_name, lease_id, action, [], kwargs))
+
+
+@main.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
+@click.option("--topic", default="*", show_default=True, help="Topic glob, e.g. 'device.*.status'.")
+@click.option("--since", default=None, help="Show the journal from this long ago (e.g. 1h).")
+@output_option
+@broker_option
+def events(follow: bool, topic: str, since: str | None, fmt: str, broker: str | None) -> None:
+    """Print events from the journal and, with -f, as they happen."""
+    from labctl.durations import parse_duration
+
+    with lab_from(broker) as lab:
+        since_s = parse_duration(since) if since else (None if follow else 3600.0)
+        if not follow:
+            _print_events(lab.client.call("events", since=since_s, topic=topic, limit=10000), fmt)
+            return
+        with lab.event_stream(topic) as stream:
+            if since_s is not None:
+                _print_events(stream.history(since_s), fmt)
+            while True:
+                _print_events([stream.next_event()], fmt)
+
+
+def _print_events(rows: list[dict[str, Any]], fmt: str) -> None:
+    for ev in rows:
+        if fmt == "json":
+            click.echo(json.dumps(ev, default=str))
+        else:
+            click.echo(
+                f"{when(ev['ts'])}  #{ev['seq']:<6} {ev['topic']}  {json.dumps(ev['body'], default=str)}"
+            )
+    sys_flush()
+
+
+def sys_flush() -> None:
+    import sys
+
+    sys.stdout.flush()
+
+
+from . import lease_cmds as _lease_cmds  # noqa: E402,F401

@@ -1,0 +1,110 @@
+"""``labctl lab up``: the broker plus one supervised process per service, on one machine.
+
+Each service runs as its own OS process (`labctl service run`), restarted with
+exponential backoff when it dies; SIGINT/SIGTERM stops everything, services first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+import yaml
+from labctl.errors import ConfigError
+from labctl.services.config import load_yaml, parse_service_config
+
+from .main import default_state_dir
+
+log = structlog.get_logger("lab")
+
+EXAMPLE_LAB: dict[str, Any] = {
+    "broker": {"bus": "tcp://127.0.0.1:5550", "events": "tcp://127.0.0.1:5551"},
+    "services": [
+        {
+            "service": "pdu1",
+            "kind": "power",
+            "driver": "mock",
+            "labels": {"site": "sim"},
+            "devices": [
+                {
+                    "name": "rpi4-01-power",
+                    "labels": {"dut": "rpi4-01", "board": "rpi4"},
+                    "config": {"outlet": 1},
+                },
+                {
+                    "name": "rpi4-02-power",
+                    "labels": {"dut": "rpi4-02", "board": "rpi4"},
+                    "config": {"outlet": 2},
+                },
+            ],
+        },
+    ],
+}
+
+
+def load_lab(path: str | None) -> dict[str, Any]:
+    data = EXAMPLE_LAB if path is None else load_yaml(Path(path))
+    source = path or "<example lab>"
+    if not isinstance(data, dict) or not isinstance(data.get("services", []), list):
+        raise ConfigError(f"{source}: a lab file is a mapping with 'broker' and 'services'")
+    unknown = set(data) - {"broker", "services"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level field(s): {', '.join(sorted(unknown))}")
+    for i, svc in enumerate(data.get("services", [])):
+        parse_service_config(svc, f"{source}: services[{i}]")  # fail before starting anything
+    return data
+
+
+def broker_argv(settings: dict[str, Any], state: str) -> list[str]:
+    argv = [sys.executable, "-m", "labctl.cli", "broker", "run", "--state", state]
+    for key, value in settings.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+async def supervise(name: str, argv: list[str], env: dict[str, str]) -> None:
+    """Run ``argv`` forever: restart with backoff (0.5 s doubling to 30 s) when it exits."""
+    backoff = 0.5
+    while True:
+        started = trio.current_time()
+        proc = await trio.lowlevel.open_process(argv, env=env)
+        try:
+            rc = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                with trio.move_on_after(5) as scope:
+                    scope.shield = True
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+        if trio.current_time() - started > 30:
+            backoff = 0.5
+        log.warning("process exited; restarting", process=name, rc=rc, backoff=backoff)
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)
+
+
+async def run_lab(path: str | None, state: str | None) -> None:
+    lab = load_lab(path)
+    broker = dict(lab.get("broker") or {})
+    bus = broker.get("bus", "tcp://127.0.0.1:5550")
+    state_dir = state or str(broker.pop("state", "") or default_state_dir())
+    env = dict(
+        os.environ, LABCTL_BROKER=bus.replace("*", "127.0.0.1").replace("0.0.0.0", "127.0.0.1")
+    )
+    with tempfile.TemporaryDirectory(prefix="labctl-lab-") as tmp:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(supervise, "broker", broker_argv(broker, state_dir), env)
+            for svc in lab.get("services", []):
+                cfg_path = Path(tmp) / f"{svc['service']}.yaml"
+                cfg_path.write_text(yaml.safe_dump(svc))
+                argv = [sys.executable, "-m", "labctl.cli", "service", "run", str(cfg_path)]
+                nursery.start_soon(supervise, svc["service"], argv, env)
+            log.info("lab up", broker=bus, services=len(lab.get("services", [])), state=state_dir)

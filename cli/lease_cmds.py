@@ -1,0 +1,137 @@
+"""Lease commands and ``labctl shell``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+from .main import broker_option, lab_from, main, output_option
+from .output import emit, when
+
+LEASE_COLUMNS = [
+    ("id", lambda x: x["id"]),
+    ("holder", lambda x: x["holder"]),
+    ("devices", lambda x: ",".join(x["devices"])),
+    ("selector", lambda x: x["selector"]),
+    ("ends", lambda x: when(x["end"])),
+]
+
+
+def _progress(body: dict[str, Any]) -> None:
+    click.echo(f"waiting in queue: position {body.get('position')}", err=True)
+
+
+@main.group()
+def lease() -> None:
+    """Acquire, inspect, extend and release leases."""
+
+
+@lease.command("acquire")
+@click.argument("selector")
+@click.option("--duration", default="30m", show_default=True)
+@click.option("--wait", default="0", show_default=True, help="How long to queue for a busy group.")
+@output_option
+@broker_option
+def lease_acquire(selector: str, duration: str, wait: str, fmt: str, broker: str | None) -> None:
+    """Lease one free group matching SELECTOR and print it.
+
+    The lease outlives this command: it ends at its end time, on `labctl lease release`,
+    or after the grace period if nothing keeps it alive. Use it with --lease or LABCTL_LEASE.
+    """
+    with lab_from(broker) as lab:
+        held = lab.lease(selector, duration=duration, wait=wait, progress=_progress)
+        emit(held.info, fmt, LEASE_COLUMNS, "id")
+
+
+@lease.command("list")
+@output_option
+@broker_option
+def lease_list(fmt: str, broker: str | None) -> None:
+    """Active leases, and requests waiting in the queue."""
+    with lab_from(broker) as lab:
+        out = lab.client.call("lease.list")
+    emit(out["leases"], fmt, LEASE_COLUMNS, "id")
+    if fmt == "table" and out["queue"]:
+        click.echo("\nqueued:")
+        for q in out["queue"]:
+            click.echo(
+                f"  {q['position']}. {q['selector']}  ({q['holder']}, since {when(q['since'])})"
+            )
+
+
+@lease.command("show")
+@click.argument("lease_id")
+@output_option
+@broker_option
+def lease_show(lease_id: str, fmt: str, broker: str | None) -> None:
+    """One lease in detail."""
+    with lab_from(broker) as lab:
+        emit(lab.client.call("lease.show", id=lease_id), fmt, LEASE_COLUMNS, "id")
+
+
+@lease.command("extend")
+@click.argument("lease_id")
+@click.option("--duration", required=True, help="How much longer, e.g. 30m.")
+@output_option
+@broker_option
+def lease_extend(lease_id: str, duration: str, fmt: str, broker: str | None) -> None:
+    """Push a lease's end time back by DURATION."""
+    from labctl.client import holder_identity
+    from labctl.durations import parse_duration
+
+    with lab_from(broker) as lab:
+        info = lab.client.call(
+            "lease.extend", id=lease_id, duration=parse_duration(duration), who=holder_identity()
+        )
+    emit(info, fmt, LEASE_COLUMNS, "id")
+
+
+@lease.command("release")
+@click.argument("lease_id")
+@click.option("--force", is_flag=True, help="Release someone else's lease (admin).")
+@click.option("--reason", default="", help="Why; required with --force, kept in the audit journal.")
+@broker_option
+def lease_release(lease_id: str, force: bool, reason: str, broker: str | None) -> None:
+    """Give a lease back; its devices are reset as their on_release says."""
+    from labctl.client import holder_identity
+
+    with lab_from(broker) as lab:
+        lab.client.call(
+            "lease.release", id=lease_id, force=force, reason=reason, who=holder_identity()
+        )
+    click.echo(f"released {lease_id}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("selector")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--duration", default="30m", show_default=True)
+@click.option("--wait", default="0", show_default=True)
+@broker_option
+def shell(
+    selector: str, command: tuple[str, ...], duration: str, wait: str, broker: str | None
+) -> None:
+    """Lease SELECTOR, run $SHELL (or COMMAND) with LABCTL_LEASE set, then release.
+
+    Exits with COMMAND's exit code. Example: labctl shell board=rpi4 -- pytest tests/
+    """
+    with (
+        lab_from(broker) as lab,
+        lab.lease(selector, duration=duration, wait=wait, progress=_progress) as held,
+    ):
+        env = dict(os.environ, LABCTL_LEASE=held.id, LABCTL_BROKER=lab.address)
+        argv = list(command) or [os.environ.get("SHELL", "/bin/sh")]
+        click.echo(f"lease {held.id}: {', '.join(held.devices)}", err=True)
+        started = time.monotonic()
+        try:
+            rc = subprocess.call(argv, env=env)
+        except FileNotFoundError:
+            click.echo(f"error: command not found: {argv[0]}", err=True)
+            rc = 127
+        click.echo(f"released {held.id} after {time.monotonic() - started:.1f}s", err=True)
+    sys.exit(rc)

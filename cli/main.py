@@ -1,0 +1,194 @@
+"""The ``labctl`` command. Everything heavy is imported inside the command that needs it,
+so ``labctl --help`` and one-shot calls start fast (DESIGN §13)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from .output import FORMATS
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+output_option = click.option(
+    "-o", "--output", "fmt", type=click.Choice(FORMATS), default="table", show_default=True
+)
+broker_option = click.option(
+    "--broker", envvar="LABCTL_BROKER", help="Broker bus address [env LABCTL_BROKER]."
+)
+
+
+class LabGroup(click.Group):
+    """Turns labctl errors into one clear line and a meaningful exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from labctl.errors import LabError
+
+        try:
+            return super().invoke(ctx)
+        except LabError as err:
+            click.echo(f"error: {err.message}", err=True)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
+@click.group(cls=LabGroup, context_settings=CONTEXT)
+@click.version_option(package_name="labctl")
+def main() -> None:
+    """labctl: run a hardware test lab over a ZeroMQ bus.
+
+    Address devices by label queries (board=rpi4,site=lab1), lease them, drive them.
+    """
+
+
+def lab_from(broker: str | None) -> Any:
+    from labctl.lab import Lab
+
+    return Lab(broker)
+
+
+# -- processes ------------------------------------------------------------------------------
+@main.group()
+def broker() -> None:
+    """Run the broker."""
+
+
+@broker.command("run")
+@click.option(
+    "--bus", default="tcp://127.0.0.1:5550", show_default=True, help="ROUTER address for the bus."
+)
+@click.option(
+    "--events", default="tcp://127.0.0.1:5551", show_default=True, help="XPUB address for events."
+)
+@click.option(
+    "--events-public", default=None, help="Events address to tell peers, if not --events."
+)
+@click.option(
+    "--state",
+    default=None,
+    help="State directory (leases, journal) [default: $XDG_STATE_HOME/labctl].",
+)
+@click.option(
+    "--heartbeat", type=float, default=2.0, show_default=True, help="Heartbeat interval, seconds."
+)
+@click.option(
+    "--lease-grace", default="60s", show_default=True, help="Keepalive silence before a lease ends."
+)
+@click.option(
+    "--group-label", default="dut", show_default=True, help="Label that groups devices of one DUT."
+)
+def broker_run(
+    bus: str,
+    events: str,
+    events_public: str | None,
+    state: str | None,
+    heartbeat: float,
+    lease_grace: str,
+    group_label: str,
+) -> None:
+    """Run the broker in the foreground."""
+    from pathlib import Path
+
+    from labctl import logs
+    from labctl.broker.server import BrokerSettings, run_broker
+    from labctl.durations import parse_duration
+
+    logs.setup("broker")
+    settings = BrokerSettings(
+        bus=bus,
+        events=events,
+        events_public=events_public,
+        state=Path(state) if state else default_state_dir(),
+        heartbeat=heartbeat,
+        lease_grace=parse_duration(lease_grace),
+        group_label=group_label,
+    )
+    run_until_signal(run_broker, settings)
+
+
+def default_state_dir() -> Any:
+    from pathlib import Path
+
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "labctl"
+
+
+def run_until_signal(fn: Any, *args: Any) -> None:
+    """Run a trio main until it ends or SIGINT/SIGTERM arrives; exit 0 on a signal."""
+    import signal
+
+    import trio
+
+    async def runner() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+                    async for _ in sigs:
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(watch)
+            await fn(*args)
+            nursery.cancel_scope.cancel()
+
+    trio.run(runner)
+
+
+@main.group()
+def service() -> None:
+    """Run device services."""
+
+
+@service.command("run")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option(
+    "--broker", "broker_addr", default=None, help="Override the broker address in the config."
+)
+def service_run(config: str, broker_addr: str | None) -> None:
+    """Run one service process from CONFIG.yaml (DESIGN §11 shape)."""
+    from pathlib import Path
+
+    from labctl import logs
+    from labctl.services.config import load_service_config
+    from labctl.services.runtime import ServiceRuntime
+
+    cfg = load_service_config(Path(config))
+    if broker_addr:
+        cfg.broker = broker_addr
+    logs.setup(f"service:{cfg.service}")
+    runtime = ServiceRuntime(cfg, config)
+
+    async def main_() -> None:
+        try:
+            await runtime.run()
+        finally:
+            import trio
+
+            with trio.CancelScope(shield=True):
+                await runtime.aclose()
+
+    run_until_signal(main_)
+
+
+@main.group(invoke_without_command=False)
+def lab() -> None:
+    """Run a whole lab on this machine."""
+
+
+@lab.command("up")
+@click.argument("lab_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--state", default=None, help="Broker state directory.")
+def lab_up(lab_file: str | None, state: str | None) -> None:
+    """Start the broker and every service of LAB.yaml (or the simulated example lab)."""
+    from labctl import logs
+    from labctl.cli.lab_up import run_lab
+
+    logs.setup("lab")
+    run_until_signal(run_lab, lab_file, state)
+
+
+from . import commands as _commands  # noqa: E402,F401  (registers the client commands)

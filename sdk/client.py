@@ -1,0 +1,134 @@
+"""The sync SDK's transport: one blocking DEALER, no event loop, no thread per call.
+
+A blocking pyzmq round trip costs ~50 µs here, an event-loop hop several times that, so
+the sync API talks to the socket directly (DESIGN §13). One ``BusClient`` is not thread
+safe; the lease keepalive thread uses its own.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from typing import Any
+
+import zmq
+
+from . import protocol
+from .errors import BrokerUnreachable, ProtocolError, Timeout, from_wire
+
+DEFAULT_BROKER = "tcp://127.0.0.1:5550"
+
+
+def broker_address(address: str | None = None) -> str:
+    return address or os.environ.get("LABCTL_BROKER") or DEFAULT_BROKER
+
+
+def holder_identity() -> str:
+    """Who a lease is held by: user@host:pid (self-asserted until CurveZMQ identities)."""
+    return f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
+
+
+def events_address(bus: str, advertised: str) -> str:
+    """The events endpoint to dial: the advertised one, with a wildcard host replaced."""
+    if advertised.startswith("tcp://"):
+        host, _, port = advertised[6:].rpartition(":")
+        if host in ("*", "0.0.0.0", "[::]", ""):
+            bus_host = bus[6:].rpartition(":")[0] if bus.startswith("tcp://") else "127.0.0.1"
+            return f"tcp://{bus_host}:{port}"
+    return advertised
+
+
+class BusClient:
+    def __init__(
+        self, address: str | None = None, timeout: float = protocol.DEFAULT_TIMEOUT
+    ) -> None:
+        self.address = broker_address(address)
+        self.timeout = timeout
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(self.address)
+        self._next_id = 0
+        self.stream_handler: Any = None  # set by streams sharing this socket
+        self._answered = False  # any reply yet? tells 'broker down' from 'call slow'
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def request(
+        self,
+        mtype: bytes,
+        header: dict[str, Any],
+        payload: list[Any] | None = None,
+        timeout: float | None = None,
+        progress: Any = None,
+    ) -> Any:
+        """Send one request and wait for its reply; raise the typed error it carries."""
+        timeout = self.timeout if timeout is None else timeout
+        rid = self._new_id()
+        deadline = time.time() + timeout
+        header = {**header, "id": rid, "deadline": deadline}
+        self.sock.send_multipart(protocol.encode(mtype, header, *(payload or [])), copy=False)
+        sock = self.sock
+        while True:
+            remaining = deadline - time.time()
+            if remaining <= 0 or not sock.poll(remaining * 1000, zmq.POLLIN):
+                raise self._timeout_error(mtype, header, timeout)
+            msg = protocol.decode(sock.recv_multipart())
+            self._answered = True
+            if msg.header.get("id") != rid:
+                self._other(msg)
+                continue
+            if msg.mtype == protocol.REPLY:
+                body = protocol.unpack(msg.payload[0]) if msg.payload else None
+                if msg.header.get("progress"):
+                    if progress is not None:
+                        progress(body)
+                    continue
+                return body
+            if msg.mtype == protocol.ERROR:
+                h = msg.header
+                raise from_wire(str(h.get("code")), str(h.get("message")), h.get("details"))
+            raise ProtocolError(f"unexpected {msg.name} in reply to a request")
+
+    def _other(self, msg: protocol.Message) -> None:
+        if self.stream_handler is not None:
+            self.stream_handler(msg)
+
+    def _timeout_error(self, mtype: bytes, header: dict[str, Any], timeout: float) -> Timeout:
+        if not self._answered:
+            return BrokerUnreachable(
+                f"no answer from the broker at {self.address} within {timeout:g}s "
+                "(is it running? start one with `labctl broker run` or `labctl lab up`)"
+            )
+        what = header.get("method") or protocol.NAMES.get(mtype, "request")
+        dev = header.get("device")
+        return Timeout(f"{dev + '.' if dev else ''}{what}: no reply within {timeout:g}s")
+
+    def call(
+        self, method: str, timeout: float | None = None, progress: Any = None, **kwargs: Any
+    ) -> Any:
+        """A broker call (devices, lease.acquire, ...)."""
+        return self.request(
+            protocol.CALL, {"method": method}, [protocol.pack_args([], kwargs)], timeout, progress
+        )
+
+    def call_device(
+        self,
+        device: str,
+        method: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        lease: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        header = {"device": device, "method": method, "lease": lease}
+        return self.request(
+            protocol.REQUEST, header, [protocol.pack_args(args, kwargs or {})], timeout
+        )

@@ -1,0 +1,44 @@
+"""Durations as people write them: ``30m``, ``1h30m``, ``90s``, ``2d``, or plain seconds."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import BadRequest
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds in ``value``; BadRequest with an example when it does not parse."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = value.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise BadRequest(f"invalid duration {value!r}; write it like 90s, 30m, 1h30m or 2d")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            out.append(f"{seconds // size}{unit}")
+            seconds %= size
+    if seconds or not out:
+        out.append(f"{seconds}s")
+    return "".join(out)

@@ -1,0 +1,265 @@
+"""The sync SDK: ``Lab``, device proxies and leases.
+
+with Lab() as lab:
+    with lab.lease("board=rpi4") as lease:
+        lease.power.on()
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import protocol
+from .client import BusClient, holder_identity
+from .durations import parse_duration
+from .errors import LabError, LeaseNotFound, MethodNotFound
+from .events import EventStream
+
+
+class Device:
+    """A proxy for one device; its methods come from the interface it registered."""
+
+    def __init__(self, lab: Lab, name: str, info: dict[str, Any], lease: str | None = None) -> None:
+        self._lab = lab
+        self.name = name
+        self.info = info
+        self.lease_id = lease
+
+    @property
+    def kind(self) -> str:
+        return str(self.info.get("kind", ""))
+
+    @property
+    def methods(self) -> dict[str, Any]:
+        return dict(self.info.get("interface", {}).get("methods", {}))
+
+    def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._lab.client.call_device(self.name, method, args, kwargs, self.lease_id, timeout)
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        if method not in self.methods:
+            raise MethodNotFound(
+                f"device {self.name!r} ({self.kind}) has no method {method!r}; "
+                f"it has: {', '.join(sorted(self.methods))}"
+            )
+
+        def bound(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+            return self.call(method, *args, timeout=timeout, **kwargs)
+
+        bound.__name__ = method
+        bound.__doc__ = self.methods[method].get("doc")
+        return bound
+
+    def stream(self, name: str, write: bool | None = None, **args: Any) -> Any:
+        """Open a byte stream (``console``, ``frames``, ``upload``) on this device."""
+        from .streams import open_stream
+
+        if write is None:
+            write = self.lease_id is not None
+        return open_stream(self._lab, self.name, name, write=write, lease=self.lease_id, args=args)
+
+    def console(
+        self, since: int | None = None, write: bool | None = None, encoding: str | None = "utf-8"
+    ) -> Any:
+        """A pexpect-style console over the device's ``console`` stream."""
+        from .streams import open_console
+
+        if write is None:
+            write = self.lease_id is not None
+        return open_console(
+            self._lab, self.name, write=write, lease=self.lease_id, since=since, encoding=encoding
+        )
+
+    def __repr__(self) -> str:
+        return f"<Device {self.name} kind={self.kind}>"
+
+
+class Lease:
+    """Devices held exclusively until release, expiry, or the holder going silent."""
+
+    def __init__(self, lab: Lab, info: dict[str, Any]) -> None:
+        self._lab = lab
+        self.info = info
+        self.id: str = info["id"]
+        self.released = False
+
+    @property
+    def devices(self) -> list[str]:
+        return list(self.info["devices"])
+
+    @property
+    def end_time(self) -> float:
+        return float(self.info["end"])
+
+    def __getitem__(self, name: str) -> Device:
+        if name not in self.info["devices"]:
+            raise LabError(f"lease {self.id} holds {', '.join(self.devices)}, not {name!r}")
+        return self._device(name)
+
+    def _device(self, name: str) -> Device:
+        info = {
+            "kind": self.info["kinds"].get(name),
+            "interface": self.info["interfaces"].get(name, {}),
+        }
+        return Device(self._lab, name, info, lease=self.id)
+
+    def __getattr__(self, kind: str) -> Device:
+        if kind.startswith("_") or kind in ("info",):
+            raise AttributeError(kind)
+        names = [n for n, k in self.info.get("kinds", {}).items() if k == kind]
+        if not names:
+            raise AttributeError(
+                f"lease {self.id} holds no {kind!r} device (it holds {self.devices})"
+            )
+        if len(names) > 1:
+            raise LabError(
+                f"lease {self.id} holds {len(names)} {kind} devices; pick one by name: "
+                + ", ".join(f"lease[{n!r}]" for n in sorted(names))
+            )
+        return self._device(names[0])
+
+    def extend(self, duration: str | float) -> None:
+        self.info = self._lab.client.call(
+            "lease.extend", id=self.id, duration=parse_duration(duration), who=holder_identity()
+        )
+
+    def release(self, reset: bool = True) -> None:
+        if self.released:
+            return
+        self.released = True
+        self._lab._keepalive.forget(self.id)
+        try:
+            self._lab.client.call("lease.release", id=self.id, reset=reset, who=holder_identity())
+        except LeaseNotFound:
+            pass  # already ended (expired, or forced): nothing left to give back
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.id} devices={self.devices}>"
+
+
+class Keepalive:
+    """A thread with its own socket that keeps this process's leases alive."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.ids: set[str] = set()
+        self.interval = 20.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def add(self, lease_id: str, grace: float) -> None:
+        with self._lock:
+            self.ids.add(lease_id)
+            self.interval = min(self.interval, max(grace / 3, 0.05))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="labctl-keepalive", daemon=True)
+            self._thread.start()
+
+    def forget(self, lease_id: str) -> None:
+        with self._lock:
+            self.ids.discard(lease_id)
+
+    def _run(self) -> None:
+        client = BusClient(self.address, timeout=5.0)
+        try:
+            while not self._stop.wait(self.interval):
+                with self._lock:
+                    ids = sorted(self.ids)
+                if ids:
+                    try:
+                        client.call("lease.keepalive", ids=ids)
+                    except LabError:
+                        client.close()  # a fresh socket after a broker restart
+                        client = BusClient(self.address, timeout=5.0)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class Lab:
+    """A connection to one lab's broker (``LABCTL_BROKER`` or ``tcp://127.0.0.1:5550``)."""
+
+    def __init__(
+        self, broker: str | None = None, timeout: float = protocol.DEFAULT_TIMEOUT
+    ) -> None:
+        self.client = BusClient(broker, timeout)
+        self.address = self.client.address
+        self._keepalive = Keepalive(self.address)
+        self._welcome: dict[str, Any] | None = None
+
+    def close(self) -> None:
+        self._keepalive.stop()
+        self.client.close()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def hello(self) -> dict[str, Any]:
+        if self._welcome is None:
+            self._welcome = self.client.call("hello")
+        return self._welcome
+
+    def devices(self, selector: str = "") -> list[dict[str, Any]]:
+        return self.client.call("devices", selector=selector)  # type: ignore[no-any-return]
+
+    def device(self, name: str, lease: Lease | str | None = None) -> Device:
+        info = self.client.call("device", name=name)
+        lease_id = lease.id if isinstance(lease, Lease) else lease
+        return Device(self, name, info, lease=lease_id)
+
+    def lease(
+        self,
+        selector: str,
+        duration: str | float = "30m",
+        wait: str | float = 0,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Lease:
+        """Lease one free group matching ``selector``; wait in the queue up to ``wait``.
+
+        Raises NoMatch at once if nothing matches, DeviceBusy (``wait=0``) or WaitTimeout.
+        """
+        wait_s = parse_duration(wait)
+        info = self.client.call(
+            "lease.acquire",
+            timeout=wait_s + self.client.timeout,
+            progress=progress,
+            selector=selector,
+            duration=parse_duration(duration),
+            wait=wait_s,
+            holder=holder_identity(),
+        )
+        self._keepalive.add(info["id"], float(info["grace"]))
+        return Lease(self, info)
+
+    def attach(self, lease_id: str) -> Lease:
+        """Use a lease taken elsewhere (``labctl lease acquire``, ``LABCTL_LEASE``)."""
+        info = self.client.call("lease.show", id=lease_id)
+        self._keepalive.add(info["id"], float(info["grace"]))
+        lease = Lease(self, info)
+        return lease
+
+    def events(self, topic: str = "*", since: float | None = None) -> Iterator[dict[str, Any]]:
+        """Events whose topic matches the glob; with ``since`` (seconds) the journal first."""
+        with EventStream(self, topic) as stream:
+            yield from stream.iterate(since=since)
+
+    def event_stream(self, topic: str = "*") -> EventStream:
+        return EventStream(self, topic)

@@ -1,0 +1,360 @@
+"""The service runtime: one process, one DEALER to the broker, one driver per device.
+
+It registers, heartbeats, dispatches requests to ``@export`` methods, runs streams, and
+publishes driver events. When it stops hearing the broker (or the broker says it does not
+know us, after a restart) it drops the socket, connects again and re-registers, so a
+broker restart heals by itself. Driver failures become typed error replies; they never
+end the process.
+"""
+
+from __future__ import annotations
+
+import getpass
+import inspect
+import os
+import socket
+import time
+from typing import Any
+
+import structlog
+import trio
+import zmq
+from labctl import __version__, protocol
+from labctl.errors import (
+    BadArguments,
+    ConfigError,
+    DriverError,
+    LabError,
+    MethodNotFound,
+    ProtocolError,
+)
+from labctl.protocol import Message
+from labctl.triozmq import TrioSocket
+
+from .catalog import load_driver
+from .config import ServiceConfig, describe_validation
+from .driver import DeviceContext, Driver
+from .export import exported_methods
+from .stream_end import BusStreamEnd
+
+log = structlog.get_logger("service")
+
+
+class BrokerLost(Exception):
+    """The broker went silent or forgot us: reconnect and register again."""
+
+
+def build_drivers(cfg: ServiceConfig, source: str, runtime: ServiceRuntime) -> dict[str, Driver]:
+    """One validated driver per device; ConfigError names file, device and field."""
+    from pydantic import ValidationError
+
+    cls = load_driver(cfg.kind, cfg.driver)
+    drivers: dict[str, Driver] = {}
+    for i, entry in enumerate(cfg.device_entries()):
+        merged = {**cfg.config, **entry.config}
+        try:
+            conf = cls.Config.model_validate(merged)
+        except ValidationError as exc:
+            where = (
+                f"{source}: devices[{i}] ({entry.name}) config"
+                if cfg.devices
+                else f"{source}: config"
+            )
+            raise ConfigError(describe_validation(where, exc)) from None
+        if entry.name in drivers:
+            raise ConfigError(f"{source}: device name {entry.name!r} appears twice")
+        ctx = DeviceContext(entry.name, runtime.publish, runtime.online_setter(entry.name))
+        drivers[entry.name] = cls(ctx, conf)
+    return drivers
+
+
+class ServiceRuntime:
+    def __init__(self, cfg: ServiceConfig, source: str = "<config>") -> None:
+        self.cfg = cfg
+        self.address = cfg.broker_address()
+        self.zctx = zmq.Context.instance()
+        self.drivers = build_drivers(cfg, source, self)
+        self.methods = {name: exported_methods(d) for name, d in self.drivers.items()}
+        self._sigs: dict[tuple[str, str], inspect.Signature] = {}
+        self.sock: TrioSocket | None = None
+        self.heartbeat = cfg.heartbeat or protocol.HEARTBEAT_INTERVAL
+        self.liveness = protocol.HEARTBEAT_LIVENESS
+        self.registered = trio.Event()
+        self.streams: dict[int, BusStreamEnd] = {}
+        self._last_status: dict[str, bytes] = {}
+        self._online: dict[str, dict[str, Any]] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # -- what drivers call --------------------------------------------------------------
+    def publish(self, topic: str, body: Any) -> None:
+        raw = protocol.pack(body)
+        if topic.endswith(".status"):
+            self._last_status[topic] = raw
+        self._send_now(protocol.encode(protocol.EVENT, {"topic": topic}, raw))
+
+    def online_setter(self, name: str) -> Any:
+        def set_online(online: bool, reason: str = "") -> None:
+            body = {"online": online, "reason": reason}
+            self._online[name] = body
+            self.publish(f"device.{name}.online", body)
+
+        return set_online
+
+    def _send_now(self, frames: list[Any]) -> None:
+        if self.sock is not None and self.registered.is_set():
+            self.sock.send_nowait(frames)  # events are replayed after re-registration
+
+    async def _send(self, frames: list[Any]) -> None:
+        if self.sock is None:
+            raise trio.ClosedResourceError("not connected")
+        if not self.sock.send_nowait(frames):
+            await self.sock.send(frames)
+
+    # -- life cycle ---------------------------------------------------------------------
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for drv in self.drivers.values():
+                await drv.start(nursery)
+            task_status.started(self)
+            backoff = 0.1
+            while True:
+                try:
+                    await self._session()
+                    backoff = 0.1
+                except BrokerLost as exc:
+                    log.warning("broker lost; reconnecting", reason=str(exc), broker=self.address)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, self.heartbeat)
+
+    async def aclose(self) -> None:
+        if self.sock is not None and self.registered.is_set():
+            self.sock.send_nowait(
+                protocol.encode(protocol.DISCONNECT, {"reason": "service stopping"})
+            )
+        for drv in self.drivers.values():
+            with trio.move_on_after(2):
+                await drv.close()
+
+    def _register_header(self) -> dict[str, Any]:
+        devices = []
+        for entry in self.cfg.device_entries():
+            drv = self.drivers[entry.name]
+            devices.append(
+                {
+                    "name": entry.name,
+                    "kind": self.cfg.kind,
+                    "driver": self.cfg.driver,
+                    "labels": {**self.cfg.labels, **entry.labels},
+                    "interface": drv.interface(),
+                    "on_release": entry.on_release,
+                }
+            )
+        return {
+            "service": self.cfg.service,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "user": getpass.getuser(),
+            "version": __version__,
+            "devices": devices,
+        }
+
+    async def _session(self) -> None:
+        raw = self.zctx.socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.setsockopt(zmq.SNDHWM, 10000)
+        raw.setsockopt(zmq.RCVHWM, 10000)
+        raw.connect(self.address)
+        self.sock = sock = TrioSocket(raw)
+        self.registered = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._send(protocol.encode(protocol.REGISTER, self._register_header()))
+                self._last_heard = time.monotonic()
+                nursery.start_soon(self._heartbeats)
+                await self._receive_loop(sock, nursery)
+        finally:
+            for end in self.streams.values():
+                end.scope.cancel()
+            self.streams.clear()
+            self.registered = trio.Event()
+            self.sock = None
+            sock.close()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await trio.sleep(self.heartbeat)
+            silent = time.monotonic() - self._last_heard
+            if silent > self.heartbeat * self.liveness:
+                raise BrokerLost(f"no word from the broker for {silent:.1f}s")
+            if self.sock is not None:
+                self.sock.send_nowait(protocol.encode(protocol.HEARTBEAT, {"role": "service"}))
+
+    async def _receive_loop(self, sock: TrioSocket, nursery: trio.Nursery) -> None:
+        while True:
+            frames = await sock.recv(copy=False)
+            self._handle(frames, nursery)
+            for _ in range(256):
+                frames = sock.recv_nowait(copy=False)
+                if frames is None:
+                    break
+                self._handle(frames, nursery)
+
+    def _handle(self, frames: list[Any], nursery: trio.Nursery) -> None:
+        self._last_heard = time.monotonic()
+        try:
+            msg = protocol.decode(frames)
+        except ProtocolError as err:
+            log.warning("bad message from broker", error=err.message)
+            return
+        t = msg.mtype
+        if t == protocol.REQUEST:
+            self._dispatch(msg, nursery)
+        elif t == protocol.STREAM_DATA or t == protocol.STREAM_CREDIT or t == protocol.STREAM_CLOSE:
+            self._stream_message(msg)
+        elif t == protocol.STREAM_OPEN:
+            self._open_stream(msg, nursery)
+        elif t == protocol.WELCOME:
+            self._welcomed(msg.header)
+        elif t == protocol.DISCONNECT:
+            raise BrokerLost(f"broker asked us to register again: {msg.header.get('reason')}")
+        elif t == protocol.ERROR and msg.header.get("id") is None:
+            log.error(
+                "broker refused us", code=msg.header.get("code"), error=msg.header.get("message")
+            )
+            if msg.header.get("code") == "duplicate-name":
+                raise BrokerLost("registration refused; retrying")
+
+    def _welcomed(self, header: dict[str, Any]) -> None:
+        self.heartbeat = float(header.get("heartbeat", self.heartbeat))
+        self.liveness = int(header.get("liveness", self.liveness))
+        self.registered.set()
+        log.info("registered", broker=self.address, devices=list(self.drivers))
+        for topic, raw in self._last_status.items():  # the new broker has no status cache yet
+            self._send_now(protocol.encode(protocol.EVENT, {"topic": topic}, raw))
+        for name, body in self._online.items():
+            self.publish(f"device.{name}.online", body)
+
+    # -- requests -----------------------------------------------------------------------
+    def _dispatch(self, msg: Message, nursery: trio.Nursery) -> None:
+        h = msg.header
+        rid = h.get("id")
+        device, method = h.get("device"), h.get("method")
+        try:
+            if method == "__reset__":
+                drv = self.drivers.get(device)  # type: ignore[arg-type]
+                if drv is not None:
+                    nursery.start_soon(self._run_reset, drv)
+                return
+            fn = self.methods.get(device, {}).get(method)  # type: ignore[arg-type]
+            if fn is None:
+                raise MethodNotFound(f"{device!r} has no method {method!r}")
+            args, kwargs = protocol.unpack_args(msg.payload[0]) if msg.payload else ([], {})
+            self._check_args(device, method, fn, args, kwargs)  # type: ignore[arg-type]
+            if inspect.iscoroutinefunction(fn):
+                nursery.start_soon(self._run_call, rid, fn, args, kwargs)
+                return
+            self._reply(rid, fn(*args, **kwargs))
+        except Exception as exc:
+            self._reply_error(rid, exc, device, method)
+
+    def _check_args(
+        self, device: str, method: str, fn: Any, args: list[Any], kwargs: dict[str, Any]
+    ) -> None:
+        key = (device, method)
+        sig = self._sigs.get(key)
+        if sig is None:
+            sig = self._sigs[key] = inspect.signature(fn)
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise BadArguments(f"{device}.{method}{sig}: {exc}") from None
+
+    async def _run_call(self, rid: Any, fn: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception as exc:
+            self._reply_error(rid, exc, None, getattr(fn, "__name__", "?"))
+            return
+        self._reply(rid, result)
+
+    async def _run_reset(self, drv: Driver) -> None:
+        try:
+            await drv.reset()
+            log.info("device reset after lease end", device=drv.name)
+        except Exception as exc:
+            log.error("reset failed", device=drv.name, error=str(exc))
+
+    def _reply(self, rid: Any, result: Any) -> None:
+        try:
+            body = protocol.pack(result)
+        except (TypeError, ValueError) as exc:
+            self._reply_error(rid, DriverError(f"result cannot be sent: {exc}"), None, None)
+            return
+        self._send_now(protocol.encode(protocol.REPLY, {"id": rid}, body))
+
+    def _reply_error(self, rid: Any, exc: Exception, device: Any, method: Any) -> None:
+        if not isinstance(exc, LabError):
+            log.exception("driver raised", device=device, method=method)
+            exc = DriverError(f"{type(exc).__name__}: {exc}")
+        self._send_now(protocol.error_frames(exc, rid))
+
+    # -- streams ------------------------------------------------------------------------
+    def _open_stream(self, msg: Message, nursery: trio.Nursery) -> None:
+        h = msg.header
+        sid, device, name = h.get("sid"), h.get("device"), h.get("stream")
+        drv = self.drivers.get(device)  # type: ignore[arg-type]
+        opener = getattr(drv, "open_stream", None)
+        if not isinstance(sid, int) or drv is None or opener is None or name not in drv.streams:
+            hdr = {"sid": sid, "reason": f"{device!r} has no stream {name!r}"}
+            self._send_now(protocol.encode(protocol.STREAM_CLOSE, hdr))
+            return
+        end = BusStreamEnd(
+            sid,
+            dict(h.get("args") or {}),
+            bool(h.get("writable")),
+            int(h.get("credit", 0)),
+            self._send,
+        )
+        self.streams[sid] = end
+        nursery.start_soon(self._run_stream, opener, name, end)
+
+    async def _run_stream(self, opener: Any, name: str, end: BusStreamEnd) -> None:
+        reason = "stream ended"
+        try:
+            with end.scope:
+                await end.start()
+                await opener(name, end)
+        except (trio.ClosedResourceError, trio.EndOfChannel, trio.BrokenResourceError):
+            pass
+        except LabError as exc:
+            reason = exc.message
+        except Exception as exc:
+            log.exception("stream failed", stream=name)
+            reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.streams.pop(end.sid, None)
+        if not end.closed and self.sock is not None:
+            with trio.move_on_after(1):
+                await end.close(reason)
+
+    def _stream_message(self, msg: Message) -> None:
+        sid = msg.header.get("sid")
+        end = self.streams.get(sid)  # type: ignore[arg-type]
+        if end is None:
+            return
+        if msg.mtype == protocol.STREAM_DATA:
+            for frame in msg.payload:
+                if not end.deliver(frame.bytes):
+                    end.scope.cancel()
+                    self._send_now(
+                        protocol.encode(
+                            protocol.STREAM_CLOSE,
+                            {"sid": sid, "reason": "writer overran its window"},
+                        )
+                    )
+        elif msg.mtype == protocol.STREAM_CREDIT:
+            end.add_credit(int(msg.header.get("credit", 0)))
+        else:
+            end.remote_closed()
+            end.scope.cancel()

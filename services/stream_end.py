@@ -1,0 +1,95 @@
+"""The service side of one stream: credit accounting over the bus (see StreamEnd)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from labctl import protocol
+
+WINDOW = 1 << 20  # bytes a service grants a writing client at a time
+
+
+class BusStreamEnd:
+    """Implements ``services.stream.StreamEnd`` for a stream routed by the broker."""
+
+    def __init__(
+        self,
+        sid: int,
+        args: dict[str, Any],
+        writable: bool,
+        credit: int,
+        send: Callable[[list[Any]], Any],
+    ) -> None:
+        self.sid = sid
+        self.args = args
+        self.writable = writable
+        self._credit = credit
+        self._credit_changed = trio.Event()
+        self._send = send  # async callable taking frames
+        self._inbox_send, self._inbox = trio.open_memory_channel[bytes](64)
+        self._granted_unused = 0
+        self.closed = False
+        self.scope = trio.CancelScope()
+
+    async def start(self) -> None:
+        if self.writable:
+            await self._grant(WINDOW)
+
+    # -- device -> client ---------------------------------------------------------------
+    async def send(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
+        view = memoryview(data)
+        header = {"sid": self.sid}
+        while view:
+            while self._credit <= 0:
+                if self.closed:
+                    raise trio.ClosedResourceError("stream closed")
+                self._credit_changed = trio.Event()
+                await self._credit_changed.wait()
+            n = min(len(view), self._credit)
+            chunk = view[:n]
+            self._credit -= n
+            hdr = header if meta is None else {**header, **meta}
+            await self._send(protocol.encode(protocol.STREAM_DATA, hdr, chunk))
+            if meta is not None and "offset" in meta:
+                meta = {**meta, "offset": meta["offset"] + n}
+            view = view[n:]
+
+    def add_credit(self, n: int) -> None:
+        self._credit += n
+        self._credit_changed.set()
+
+    # -- client -> device ---------------------------------------------------------------
+    def deliver(self, data: bytes) -> bool:
+        """Queue bytes the client wrote; False if the client overran its window."""
+        try:
+            self._inbox_send.send_nowait(data)
+        except trio.WouldBlock:
+            return False
+        return True
+
+    async def receive(self) -> bytes:
+        data = await self._inbox.receive()
+        self._granted_unused += len(data)
+        if self._granted_unused >= WINDOW // 2:
+            n, self._granted_unused = self._granted_unused, 0
+            await self._grant(n)
+        return data
+
+    async def _grant(self, n: int) -> None:
+        await self._send(protocol.encode(protocol.STREAM_CREDIT, {"sid": self.sid, "credit": n}))
+
+    # -- ending -------------------------------------------------------------------------
+    def remote_closed(self) -> None:
+        self.closed = True
+        self._inbox_send.close()
+        self._credit_changed.set()
+
+    async def close(self, reason: str = "") -> None:
+        if not self.closed:
+            self.closed = True
+            hdr = {"sid": self.sid, "reason": reason or "closed by device"}
+            await self._send(protocol.encode(protocol.STREAM_CLOSE, hdr))
+        self._inbox_send.close()
+        self._credit_changed.set()
