@@ -161,12 +161,8 @@ def call(
 ) -> None:
     """Call any METHOD of DEVICE; ARGs are values or key=value (JSON where it parses)."""
     pos, kw = split_args(args)
-    if timeout is not None:
-        kw_timeout = {"timeout": timeout}
-    else:
-        kw_timeout = {}
     with lab_from(broker) as lab:
-        if kw_timeout:
+        if timeout is not None:
             lab.client.timeout = timeout
         show_result(one_shot(lab, device_name, lease_id, method, pos, kw))
 

@@ -122,8 +122,9 @@ class ServiceRuntime:
                 try:
                     await self._session()
                     backoff = 0.1
-                except BrokerLost as exc:
-                    log.warning("broker lost; reconnecting", reason=str(exc), broker=self.address)
+                except* BrokerLost as group:
+                    reason = "; ".join(str(e) for e in group.exceptions)
+                    log.warning("broker lost; reconnecting", reason=reason, broker=self.address)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, self.heartbeat)
 
@@ -182,6 +183,10 @@ class ServiceRuntime:
             sock.close()
 
     async def _heartbeats(self) -> None:
+        with trio.move_on_after(self.heartbeat * self.liveness):
+            await self.registered.wait()
+        if not self.registered.is_set():
+            raise BrokerLost(f"no welcome from the broker at {self.address}")
         while True:
             await trio.sleep(self.heartbeat)
             silent = time.monotonic() - self._last_heard

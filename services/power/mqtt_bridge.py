@@ -70,6 +70,7 @@ class MqttLink:
         self.ready = False
         self.last_error = "not connected yet"
         self.dropped = 0
+        self.failures = 0  # connection attempts that failed or ended
         self._changed = trio.Event()
         self._send, self.messages = trio.open_memory_channel[MqttMessage](256)
         self._token: trio.lowlevel.TrioToken | None = None
@@ -159,6 +160,7 @@ class MqttLink:
         self.ready = False
         self.last_error = self._attempt_error = reason
         self._attempt_over = True
+        self.failures += 1
         self._notify()
 
     def _notify(self) -> None:
@@ -202,6 +204,7 @@ class MqttLink:
             self.last_error = reason
         self.ready = False
         self._attempt_over = True
+        self.failures += 1
         self._notify()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:

@@ -13,13 +13,13 @@ from typing import Any, Literal
 
 import serial
 import trio
-from labctl.errors import BadArguments, BadRequest, DeviceOffline
+from labctl.errors import BadArguments, BadRequest, DeviceOffline, NotSupported
 from pydantic import Field, ValidationError, field_validator
 
 from ..driver import Driver, DriverConfig
 from ..export import export
 from ..stream import StreamEnd
-from .port import SETTINGS, PortGone, SerialPort, open_port
+from .port import SETTINGS, PortGone, SerialPort, SettingsRejected, open_port
 from .ring import DEFAULT_SIZE, ScrollbackRing
 
 #: largest piece a console stream sends in one frame (the client's credit must allow it)
@@ -135,8 +135,11 @@ class SerialConsole(Driver):
             self._stopped.set()
 
     async def _pump(self, port: SerialPort) -> None:
+        # One read never takes more than a quarter of the ring, so a burst cannot
+        # overwrite bytes that streams which keep up have not been woken for yet.
+        read_max = min(READ_MAX, max(1024, self.ring.size // 4))
         while True:
-            data = await port.read(READ_MAX)
+            data = await port.read(read_max)
             self.ring.append(data)
             self._grew.set()
             self._grew = trio.Event()
@@ -175,14 +178,19 @@ class SerialConsole(Driver):
         return {key: getattr(self.config, key) for key in SETTINGS}
 
     async def _apply_settings(self, new: dict[str, Any]) -> None:
-        """Remember ``new`` (reconnects use it) and apply it to the open port, if any."""
-        self._settings = new
+        """Apply ``new`` to the open port, if any, and remember it for reconnects.
+
+        Settings the port refuses are not remembered, or every reopen would fail too.
+        """
         async with self._write_lock:
             if self._port is not None:
                 try:
                     await self._port.apply_settings(new)
+                except SettingsRejected as exc:
+                    raise NotSupported(f"{self.name}: the port refused {new}: {exc}") from exc
                 except PortGone as exc:
                     raise DeviceOffline(f"{self.name}: cannot apply settings: {exc}") from exc
+            self._settings = new
 
     # -- the interface ------------------------------------------------------------------
     @export(mutating=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import termios
 from typing import Any
 
 import serial
@@ -28,11 +29,15 @@ READ_TIMEOUT = 0.05
 #: the pyserial settings labctl exposes (``settings()`` and the driver config)
 SETTINGS = ("baudrate", "bytesize", "parity", "stopbits", "xonxoff", "rtscts")
 
-_ERRORS = (serial.SerialException, OSError, trio.ClosedResourceError)
+_ERRORS = (serial.SerialException, OSError, termios.error, trio.ClosedResourceError)
 
 
 class PortGone(Exception):
     """The port disappeared or cannot be opened; the message says what the OS said."""
+
+
+class SettingsRejected(Exception):
+    """The port refused a setting (some adapters, and ptys, refuse parity or bytesize)."""
 
 
 async def open_port(url: str, settings: dict[str, Any]) -> SerialPort:
@@ -72,7 +77,15 @@ class SerialPort:
         await self._in_thread(self.ser.send_break, duration)
 
     async def apply_settings(self, settings: dict[str, Any]) -> None:
-        await self._in_thread(self.ser.apply_settings, settings)
+        """Apply ``settings``; on ``SettingsRejected`` the port keeps its old ones."""
+        old = self.ser.get_settings()
+        try:
+            await trio.to_thread.run_sync(self.ser.apply_settings, settings)
+        except (termios.error, ValueError) as exc:
+            await self._in_thread(self.ser.apply_settings, old)
+            raise SettingsRejected(str(exc)) from exc
+        except _ERRORS as exc:
+            raise PortGone(str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
         """Close the port; never raises (it is called on ports that already failed)."""

@@ -1,0 +1,93 @@
+"""64 MiB through a console stream, byte-exact, with the rate printed (-s to see it)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import trio
+import trio.testing
+from serial_testkit import MemoryStream, Pty, make_driver, trio_test
+
+TOTAL = 64 << 20
+AHEAD = 512 << 10  # the writer stays this far ahead of the reader: half the ring
+
+
+@trio_test
+async def test_64_mib_pass_through_a_console_stream_unchanged(tmp_path: Path) -> None:
+    """A UART has no flow control towards us, so the writer here plays a client that
+    keeps up: it never gets more than half the scrollback ahead of what arrived."""
+    pty = Pty(tmp_path / "tty")
+    os.set_blocking(pty.master, True)
+    driver, _ = make_driver(str(tmp_path / "tty"))
+    payload = os.urandom(TOTAL)
+    received = 0
+    progress = threading.Condition()
+
+    def write_all() -> None:  # another thread, as the far side of a pty is another process
+        view, sent = memoryview(payload), 0
+        while sent < TOTAL:
+            with progress:
+                progress.wait_for(lambda: sent - received < AHEAD)
+            sent += os.write(pty.master, view[sent : sent + 65536])
+
+    async with trio.open_nursery() as nursery:
+        await driver.start(nursery)
+        stream = MemoryStream()
+        nursery.start_soon(driver.open_stream, "console", stream)
+        await trio.testing.wait_all_tasks_blocked()
+        writer = threading.Thread(target=write_all)
+        digest = hashlib.sha256()
+        started = time.perf_counter()
+        writer.start()
+        with trio.fail_after(60):
+            while received < TOTAL:
+                data, meta = await stream.client_receive()
+                assert meta == {"offset": received}  # no gap, no reordering
+                digest.update(data)
+                with progress:
+                    received += len(data)
+                    progress.notify()
+        elapsed = time.perf_counter() - started
+        await trio.to_thread.run_sync(writer.join)
+        nursery.cancel_scope.cancel()
+    pty.close()
+    assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
+    print(f"\nconsole stream, pty -> client: {TOTAL / elapsed / 2**20:.0f} MiB/s")
+
+
+@trio_test
+async def test_16_mib_written_into_a_console_stream_reach_the_port(tmp_path: Path) -> None:
+    pty = Pty(tmp_path / "tty")
+    os.set_blocking(pty.master, True)
+    driver, _ = make_driver(str(tmp_path / "tty"))
+    total = 16 << 20
+    payload = os.urandom(total)
+    digest = hashlib.sha256()
+
+    def read_all() -> None:
+        got = 0
+        while got < total:
+            data = os.read(pty.master, 65536)
+            digest.update(data)
+            got += len(data)
+
+    async with trio.open_nursery() as nursery:
+        await driver.start(nursery)
+        stream = MemoryStream(writable=True)
+        nursery.start_soon(driver.open_stream, "console", stream)
+        reader = threading.Thread(target=read_all)
+        started = time.perf_counter()
+        reader.start()
+        with trio.fail_after(60):
+            for at in range(0, total, 65536):
+                await stream.client_send(payload[at : at + 65536])
+            await trio.to_thread.run_sync(reader.join)
+        elapsed = time.perf_counter() - started
+        nursery.cancel_scope.cancel()
+    pty.close()
+    assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
+    print(f"\nconsole stream, client -> pty: {total / elapsed / 2**20:.0f} MiB/s")
