@@ -119,16 +119,16 @@ class Broker:
         assert self.bus is not None
         bus = self.bus
         while True:
-            frames = await bus.recv(copy=False)
+            frames = await bus.recv()
             self._handle(frames)
             for _ in range(256):  # drain what is ready before waiting again
-                frames = bus.recv_nowait(copy=False)
+                frames = bus.recv_nowait()
                 if frames is None:
                     break
                 self._handle(frames)
 
     def _handle(self, frames: list[Any]) -> None:
-        ident = frames[0].bytes
+        ident = frames[0]
         try:
             msg = protocol.decode(frames[1:], self.settings.max_payload)
         except ProtocolError as err:
@@ -150,11 +150,15 @@ class Broker:
             err = LabError(f"broker internal error: {type(exc).__name__}: {exc}")
             self.send(ident, protocol.error_frames(err, msg.header.get("id")))
 
-    def send(self, ident: bytes, frames: list[Any]) -> bool:
-        """Send to one peer now; False if it is gone or full (never blocks, never raises)."""
+    def send(self, ident: bytes, frames: list[Any], copy: bool = True) -> bool:
+        """Send to one peer now; False if it is gone or full (never blocks, never raises).
+
+        Small messages are copied (cheaper than zero-copy bookkeeping); stream data
+        passes ``copy=False`` so large payloads are handed to libzmq without a copy.
+        """
         assert self.bus is not None
         try:
-            if self.bus.send_nowait([ident, *frames], copy=False):
+            if self.bus.send_nowait([ident, *frames], copy=copy):
                 return True
             log.warning("peer not keeping up; message dropped", peer=ident.hex())
         except zmq.ZMQError:
@@ -282,12 +286,12 @@ class Broker:
         dev = self.registry.devices[name]
         if what == "status":
             try:
-                dev.status = protocol.unpack(msg.payload[0].buffer)
+                dev.status = protocol.unpack(msg.payload[0])
             except Exception:
                 raise BadRequest("status body is not msgpack") from None
             dev.status_ts = time.time()
         elif what == "online":
-            body = protocol.unpack(msg.payload[0].buffer)
+            body = protocol.unpack(msg.payload[0])
             dev.reachable = bool(body.get("online")) if isinstance(body, dict) else False
             dev.reachable_reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
             self.leases.poke()

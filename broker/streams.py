@@ -59,7 +59,7 @@ class StreamRouter:
             raise BadRequest(f"stream {sid} does not belong to this peer")
         other = route.service if from_client else route.client
         if msg.mtype == protocol.STREAM_DATA:
-            size = sum(len(f.buffer) if hasattr(f, "buffer") else len(f) for f in msg.payload)
+            size = sum(len(f) for f in msg.payload)
             if from_client:
                 if not route.writable:
                     self.close(route, "stream is read-only for this client (no lease)", both=True)

@@ -74,7 +74,7 @@ class BusClient:
         rid = self._new_id()
         deadline = time.time() + timeout
         header = {**header, "id": rid, "deadline": deadline}
-        self.sock.send_multipart(protocol.encode(mtype, header, *(payload or [])), copy=False)
+        self.sock.send_multipart(protocol.encode(mtype, header, *(payload or [])))
         sock = self.sock
         while True:
             remaining = deadline - time.time()

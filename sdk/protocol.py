@@ -81,6 +81,7 @@ class Message:
     mtype: bytes
     header: dict[str, Any]
     payload: list[Any]
+    raw_header: Any = b""  # the header frame as received, for forwarding untouched
 
     @property
     def name(self) -> str:
@@ -126,7 +127,7 @@ def decode(frames: list[Any], max_payload: int = MAX_PAYLOAD) -> Message:
         raise ProtocolError(f"header is not valid msgpack: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a msgpack map")
-    return Message(mtype, header, payload)
+    return Message(mtype, header, payload, frames[2])
 
 
 def error_frames(err: LabError, rid: Any = None) -> list[Any]:

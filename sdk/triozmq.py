@@ -14,6 +14,10 @@ from typing import Any
 import trio
 import zmq
 
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+_NOBLOCK = int(zmq.NOBLOCK)
 _SAFETY = 0.05  # seconds; an upper bound on a lost edge, not a poll interval
 _SEND_RETRY = 0.005  # ROUTER_MANDATORY keeps POLLOUT set while one peer is full
 
@@ -31,15 +35,15 @@ class TrioSocket:
 
     def _poke(self) -> None:
         # Called after every successful operation: a sleeping waiter may have lost its edge.
-        if self._waiter is not None and self.sock.get(zmq.EVENTS) & self._waiting_for:
+        if self._waiter is not None and self.sock.getsockopt(_EVENTS) & self._waiting_for:
             self._waiter.cancel()
 
     async def _wait(self, flag: int, limit: float = _SAFETY) -> None:
-        if self.sock.get(zmq.EVENTS) & flag:
+        if self.sock.getsockopt(_EVENTS) & flag:
             return
         while self._waiter is not None:
             await self._lot.park()
-            if self.sock.get(zmq.EVENTS) & flag:
+            if self.sock.getsockopt(_EVENTS) & flag:
                 return
         scope = trio.CancelScope(deadline=trio.current_time() + limit)
         self._waiter, self._waiting_for = scope, flag
@@ -53,7 +57,7 @@ class TrioSocket:
     def recv_nowait(self, copy: bool = True) -> list[Any] | None:
         """One message if one is ready, else None: lets a loop drain without waiting."""
         try:
-            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+            frames = self.sock.recv_multipart(_NOBLOCK, copy=copy)
         except zmq.Again:
             return None
         self._poke()
@@ -65,12 +69,12 @@ class TrioSocket:
             if frames is not None:
                 await trio.lowlevel.checkpoint()
                 return frames
-            await self._wait(zmq.POLLIN)
+            await self._wait(_POLLIN)
 
     def send_nowait(self, frames: list[Any], copy: bool = True) -> bool:
         """Send if possible now; False when the peer (or the socket) is full."""
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+            self.sock.send_multipart(frames, _NOBLOCK, copy=copy)
         except zmq.Again:
             return False
         self._poke()
@@ -83,7 +87,7 @@ class TrioSocket:
         """
         with trio.fail_after(timeout):
             while not self.send_nowait(frames, copy):
-                await self._wait(zmq.POLLOUT, _SEND_RETRY)
+                await self._wait(_POLLOUT, _SEND_RETRY)
         await trio.lowlevel.checkpoint()
 
     def close(self, linger: int = 0) -> None:

@@ -197,10 +197,10 @@ class ServiceRuntime:
 
     async def _receive_loop(self, sock: TrioSocket, nursery: trio.Nursery) -> None:
         while True:
-            frames = await sock.recv(copy=False)
+            frames = await sock.recv()
             self._handle(frames, nursery)
             for _ in range(256):
-                frames = sock.recv_nowait(copy=False)
+                frames = sock.recv_nowait()
                 if frames is None:
                     break
                 self._handle(frames, nursery)
@@ -350,7 +350,7 @@ class ServiceRuntime:
             return
         if msg.mtype == protocol.STREAM_DATA:
             for frame in msg.payload:
-                if not end.deliver(frame.bytes):
+                if not end.deliver(frame):
                     end.scope.cancel()
                     self._send_now(
                         protocol.encode(

@@ -73,7 +73,7 @@ def test_errors_are_typed(pdu: LabHarness) -> None:
     with pytest.raises(LeaseRequired, match="needs a lease"):
         lab.device("pdu1.2").on()
     with pytest.raises(MethodNotFound):
-        lab.device("pdu1.2").explode
+        _ = lab.device("pdu1.2").explode
 
 
 def test_killed_service_goes_offline_and_calls_fail_clearly(harness: LabHarness) -> None:

@@ -131,13 +131,6 @@ class MqttLink:
         self._client.loop_start()
         return True
 
-    async def wait_ready(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a subscribed connection; False if none came."""
-        with trio.move_on_after(timeout):
-            while not self.ready:
-                await self.wait_changed()
-        return self.ready
-
     async def wait_changed(self) -> None:
         """Wait for the next connection state change (ready, lost, failed)."""
         await self._changed.wait()

@@ -37,6 +37,7 @@ class SimPlug:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=args.client_id)
         if args.username:
             self.client.username_pw_set(args.username, args.password)
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=2)  # like Tasmota: keep trying
         self.client.will_set(f"tele/{self.topic}/LWT", "Offline", qos=1, retain=True)
         self.client.on_connect = self.on_connect
         self.client.on_message = self.on_message

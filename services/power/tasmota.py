@@ -118,6 +118,7 @@ class TasmotaPower(PowerDriver):
             client_id=cfg.client_id,
         )
         self._plug_online: bool | None = None
+        self._offline_reason = ""
         self._stat_count = 0  # how many stat messages arrived; a waiter wants a later one
         self._stat_value: bool | None = None
         self._stat_event = trio.Event()
@@ -155,8 +156,13 @@ class TasmotaPower(PowerDriver):
         deadline = trio.current_time() + cfg.timeout
         if not self._started:
             raise DriverError(f"{self.name}: driver not started")
-        if not await self._link.wait_ready(cfg.timeout):
-            raise DriverError(f"{self.name}: {self._link.last_error}")
+        if not self._link.ready:  # give the link one more attempt, within the timeout
+            failures = self._link.failures
+            with trio.move_on_at(deadline):
+                while not self._link.ready and self._link.failures == failures:
+                    await self._link.wait_changed()
+            if not self._link.ready:
+                raise DriverError(f"{self.name}: {self._link.last_error}")
         if self._plug_online is False:  # the broker said so; a command would go nowhere
             raise DriverError(f"{self.name}: plug is offline ({self._lwt} says {cfg.lwt_offline})")
         seen = self._stat_count
@@ -226,6 +232,8 @@ class TasmotaPower(PowerDriver):
             await self._link.wait_changed()
 
     def _set_plug_online(self, online: bool, reason: str) -> None:
-        if online != self._plug_online:
+        """Report changes; while offline a new reason (plug gone, then broker gone) too."""
+        if online != self._plug_online or (not online and reason != self._offline_reason):
             self._plug_online = online
+            self._offline_reason = "" if online else reason
             self.ctx.set_online(online, reason)

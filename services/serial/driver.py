@@ -37,7 +37,7 @@ class SerialConsoleConfig(DriverConfig):
     baudrate: int = Field(115200, gt=0)
     bytesize: Literal[5, 6, 7, 8] = 8
     parity: Literal["N", "E", "O", "M", "S"] = "N"
-    stopbits: Literal[1, 1.5, 2] = 1
+    stopbits: float = 1  # 1, 1.5 or 2
     xonxoff: bool = False
     rtscts: bool = False
     scrollback: int = Field(DEFAULT_SIZE, ge=4096)  # bytes of console history kept
@@ -53,6 +53,13 @@ class SerialConsoleConfig(DriverConfig):
             if importlib.util.find_spec(f"{package}.protocol_{scheme}") is not None:
                 return url
         raise ValueError(f"pyserial knows no {scheme}:// ports")
+
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, stopbits: float) -> float:
+        if stopbits not in serial.SerialBase.STOPBITS:
+            raise ValueError("stopbits must be 1, 1.5 or 2")
+        return int(stopbits) if stopbits in (1, 2) else stopbits
 
 
 class SerialConsole(Driver):

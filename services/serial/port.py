@@ -88,9 +88,16 @@ class SerialPort:
             raise PortGone(str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
-        """Close the port; never raises (it is called on ports that already failed)."""
-        with contextlib.suppress(Exception):  # a dead port may fail to close; it is closed anyway
-            self.ser.close()
+        """Close the port; never raises (it is called on ports that already failed).
+
+        In a thread: pyserial's socket:// close sleeps 0.3 s "to give the server time".
+        """
+
+        def close() -> None:
+            with contextlib.suppress(Exception):  # a dead port may fail to close: it is closed
+                self.ser.close()
+
+        await trio.to_thread.run_sync(close)
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         try:

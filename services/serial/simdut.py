@@ -11,7 +11,8 @@ accepts ``root`` (no password), and a ``# `` shell answering ``uname [-a]``, ``e
 
 With ``--power-file`` the board is powered only while that file contains ``on``: it
 prints nothing while off (or while the file is missing) and boots afresh on each
-off->on change, so a mock power driver writing that file drives it.
+off->on change, so a mock power driver writing that file drives it. Each power change
+is also printed on stdout (``simdut power on``/``off``), for whoever supervises it.
 
 Output nobody reads is dropped, as on a real UART with nothing attached. SIGTERM or
 SIGINT ends it and removes the link (if it still points at this simdut's pty).
@@ -23,7 +24,6 @@ import argparse
 import os
 import select
 import signal
-import sys
 import time
 import tty
 from collections.abc import Callable
@@ -91,7 +91,7 @@ class Board:
             self.state = "booting"
             self.emit(crlf(UBOOT))
             self.kernel_at = now + self.boot_delay
-        elif not on:
+        elif not on and self.state != "off":
             self.state, self.kernel_at = "off", None
             self.line.clear()
 
@@ -237,7 +237,10 @@ def serve(args: argparse.Namespace) -> None:
         while True:
             now = time.monotonic()
             if now >= next_poll:
+                was_off = board.state == "off"
                 board.power(powered(args.power_file), now)
+                if was_off != (board.state == "off"):
+                    print(f"simdut power {'on' if was_off else 'off'}", flush=True)
                 next_poll = now + args.poll_interval
             board.tick(now)
             wake = min(next_poll, board.kernel_at or next_poll)
@@ -271,4 +274,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

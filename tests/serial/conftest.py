@@ -4,7 +4,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from serial_testkit import SimDut
+
+from .helpers import SimDut
 
 
 @pytest.fixture

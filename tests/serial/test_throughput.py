@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import trio
-import trio.testing
-from serial_testkit import MemoryStream, Pty, make_driver, trio_test
+
+from .helpers import Pty, running, trio_test
 
 TOTAL = 64 << 20
 AHEAD = 512 << 10  # the writer stays this far ahead of the reader: half the ring
@@ -22,7 +22,6 @@ async def test_64_mib_pass_through_a_console_stream_unchanged(tmp_path: Path) ->
     keeps up: it never gets more than half the scrollback ahead of what arrived."""
     pty = Pty(tmp_path / "tty")
     os.set_blocking(pty.master, True)
-    driver, _ = make_driver(str(tmp_path / "tty"))
     payload = os.urandom(TOTAL)
     received = 0
     progress = threading.Condition()
@@ -31,14 +30,11 @@ async def test_64_mib_pass_through_a_console_stream_unchanged(tmp_path: Path) ->
         view, sent = memoryview(payload), 0
         while sent < TOTAL:
             with progress:
-                progress.wait_for(lambda: sent - received < AHEAD)
+                progress.wait_for(lambda sent=sent: sent - received < AHEAD)
             sent += os.write(pty.master, view[sent : sent + 65536])
 
-    async with trio.open_nursery() as nursery:
-        await driver.start(nursery)
-        stream = MemoryStream()
-        nursery.start_soon(driver.open_stream, "console", stream)
-        await trio.testing.wait_all_tasks_blocked()
+    async with running(tmp_path / "tty") as run:
+        stream = await run.stream()
         writer = threading.Thread(target=write_all)
         digest = hashlib.sha256()
         started = time.perf_counter()
@@ -53,7 +49,6 @@ async def test_64_mib_pass_through_a_console_stream_unchanged(tmp_path: Path) ->
                     progress.notify()
         elapsed = time.perf_counter() - started
         await trio.to_thread.run_sync(writer.join)
-        nursery.cancel_scope.cancel()
     pty.close()
     assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
     print(f"\nconsole stream, pty -> client: {TOTAL / elapsed / 2**20:.0f} MiB/s")
@@ -63,7 +58,6 @@ async def test_64_mib_pass_through_a_console_stream_unchanged(tmp_path: Path) ->
 async def test_16_mib_written_into_a_console_stream_reach_the_port(tmp_path: Path) -> None:
     pty = Pty(tmp_path / "tty")
     os.set_blocking(pty.master, True)
-    driver, _ = make_driver(str(tmp_path / "tty"))
     total = 16 << 20
     payload = os.urandom(total)
     digest = hashlib.sha256()
@@ -75,10 +69,8 @@ async def test_16_mib_written_into_a_console_stream_reach_the_port(tmp_path: Pat
             digest.update(data)
             got += len(data)
 
-    async with trio.open_nursery() as nursery:
-        await driver.start(nursery)
-        stream = MemoryStream(writable=True)
-        nursery.start_soon(driver.open_stream, "console", stream)
+    async with running(tmp_path / "tty") as run:
+        stream = await run.stream(writable=True)
         reader = threading.Thread(target=read_all)
         started = time.perf_counter()
         reader.start()
@@ -87,7 +79,6 @@ async def test_16_mib_written_into_a_console_stream_reach_the_port(tmp_path: Pat
                 await stream.client_send(payload[at : at + 65536])
             await trio.to_thread.run_sync(reader.join)
         elapsed = time.perf_counter() - started
-        nursery.cancel_scope.cancel()
     pty.close()
     assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
     print(f"\nconsole stream, client -> pty: {total / elapsed / 2**20:.0f} MiB/s")

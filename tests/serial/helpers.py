@@ -11,11 +11,14 @@ import subprocess
 import sys
 import threading
 import tty
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 from labctl.services.driver import DeviceContext
 from labctl.services.serial.driver import SerialConsole
 
@@ -97,12 +100,6 @@ class MemoryStream:
             data, meta = await self.client_receive()
             reached = meta["offset"] + len(data)
 
-    async def client_read_until(self, needle: bytes) -> bytes:
-        seen = b""
-        while needle not in seen:
-            seen += (await self.client_receive())[0]
-        return seen
-
     async def client_send(self, data: bytes) -> None:
         await self._in_send.send(data)
 
@@ -137,6 +134,34 @@ def make_driver(url: str, **config: Any) -> tuple[SerialConsole, EventRecorder]:
     config.setdefault("reconnect_interval", 0.02)
     recorder = EventRecorder()
     return SerialConsole(recorder.ctx, SerialConsole.Config(url=url, **config)), recorder
+
+
+@dataclass
+class Running:
+    driver: SerialConsole
+    events: EventRecorder
+    nursery: trio.Nursery
+
+    async def stream(self, args: dict[str, Any] | None = None, **kwargs: Any) -> MemoryStream:
+        """Open a console stream and wait until the driver serves it."""
+        stream = MemoryStream(args, **kwargs)
+        self.nursery.start_soon(self.driver.open_stream, "console", stream)
+        await trio.testing.wait_all_tasks_blocked()
+        return stream
+
+
+@asynccontextmanager
+async def running(url: str | Path, **config: Any) -> AsyncIterator[Running]:
+    """A started serial driver; on exit it is closed and all its streams are cancelled."""
+    driver, events = make_driver(str(url), **config)
+    async with trio.open_nursery() as nursery:
+        await driver.start(nursery)
+        try:
+            yield Running(driver, events, nursery)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(WAIT):
+                await driver.close()
+            nursery.cancel_scope.cancel()
 
 
 class Pty:
@@ -180,22 +205,41 @@ class SimDut:
         cmd = [sys.executable, "-m", "labctl.services.serial.simdut", "--link", str(link)]
         cmd += ["--power-file", str(power_file), "--boot-delay", "0.05", *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()  # type: ignore[union-attr]
+        self.lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
         try:
-            ready = lines.get(timeout=WAIT)
-        except queue.Empty:
+            self.wait_line("simdut ready ")
+        except BaseException:
             self.stop()
-            raise RuntimeError("simdut did not start") from None
-        assert ready.startswith("simdut ready "), ready
+            raise
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def wait_line(self, prefix: str) -> str:
+        """Wait for the next stdout line starting with ``prefix`` (power changes, ready)."""
+        while True:
+            try:
+                line = self.lines.get(timeout=WAIT)
+            except queue.Empty:
+                raise AssertionError(f"simdut never printed {prefix!r}") from None
+            if line.startswith(prefix):
+                return line
 
     def stop(self, kill: bool = False) -> None:
         if self.proc.poll() is None:
-            self.proc.kill() if kill else self.proc.terminate()
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
             try:
                 self.proc.wait(timeout=WAIT)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._reader.join(timeout=WAIT)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
