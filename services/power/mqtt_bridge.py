@@ -190,7 +190,8 @@ class MqttLink:
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if not self._closed:
-            self._to_trio(self._lost, f"lost the connection to {self.where}: {rc}")
+            why = "connection closed" if str(rc) == "Unspecified error" else str(rc)
+            self._to_trio(self._lost, f"lost the connection to {self.where} ({why})")
 
     def _lost(self, reason: str) -> None:
         if self._attempt_error is None:  # keep "refused: Not authorized", say why it ended

@@ -118,10 +118,13 @@ def find_hub(backend: usb.backend.IBackend | None, serial: str | None) -> _Hub:
             if _HUBS.get(key) is not other:
                 usb.util.dispose_resources(other.dev)
     if len(chosen) != 1:
-        serials = ", ".join(sorted(str(h.serial) for _, h in candidates)) or "none"
+        serials = ", ".join(sorted(h.serial or "?" for _, h in candidates)) or "none"
         if not chosen:
             want = f"with serial {serial!r}" if serial else "at all"
-            raise DriverError(f"no YKUSH hub {want} (hubs found: {serials})")
+            hint = ""
+            if any(h.serial is None for _, h in candidates):
+                hint = "; serial unreadable: no permission? add a udev rule"
+            raise DriverError(f"no YKUSH hub {want} (hubs found: {serials}{hint})")
         raise DriverError(f"{len(chosen)} YKUSH hubs found ({serials}); set 'serial' to choose one")
     return hub
 

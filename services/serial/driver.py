@@ -80,7 +80,7 @@ class SerialConsole(Driver):
         self._connected: bool | None = None  # None until the first open attempt
         self._error = ""
         self._dropped = 0  # stream bytes thrown away while the port was gone
-        self._readers = 0
+        self._streams = 0
         self._writers: set[trio.CancelScope] = set()
         self._stop = trio.CancelScope()
         self._started = False
@@ -116,16 +116,16 @@ class SerialConsole(Driver):
         try:
             with self._stop:
                 while True:
+                    port: SerialPort | None = None
                     try:
-                        port = await open_port(self.config.url, self._settings)
+                        port = self._port = await open_port(self.config.url, self._settings)
+                        self._mark(True)
                     except PortGone as exc:
                         self._mark(False, str(exc))
-                    else:
-                        self._port = port
-                        self._mark(True)
-                        if not started:
-                            started = True
-                            task_status.started()
+                    if not started:
+                        started = True
+                        task_status.started()
+                    if port is not None:
                         try:
                             await self._pump(port)
                         except PortGone as exc:
@@ -134,9 +134,6 @@ class SerialConsole(Driver):
                             self._port = None
                             with trio.CancelScope(shield=True):
                                 await port.aclose()
-                    if not started:
-                        started = True
-                        task_status.started()
                     await trio.sleep(self.config.reconnect_interval)
         finally:
             self._stopped.set()
@@ -274,7 +271,7 @@ class SerialConsole(Driver):
             "settings": dict(self._settings),
             "start": self.ring.start,
             "end": self.ring.end,
-            "readers": self._readers,
+            "streams": self._streams,
             "writers": len(self._writers),
             "dropped": self._dropped,
         }
@@ -294,7 +291,7 @@ class SerialConsole(Driver):
         args = end.args or {}
         position = self._first_offset(args.get("since"), args.get("tail"), self.ring.end)
         scope = trio.CancelScope()  # reset() cancels it to end a lease's writable stream
-        self._readers += 1
+        self._streams += 1
         try:
             with scope:
                 if end.writable:
@@ -304,7 +301,7 @@ class SerialConsole(Driver):
                         nursery.start_soon(self._forward_input, end)
                     await self._forward_output(end, position)
         finally:
-            self._readers -= 1
+            self._streams -= 1
             self._writers.discard(scope)
         if scope.cancelled_caught:
             await end.close("the lease on this device ended")

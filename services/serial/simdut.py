@@ -138,7 +138,9 @@ class Board:
 
     def enter(self, line: str) -> None:
         if self.state == "login":
-            if line.strip() == "root":
+            if not line.strip():
+                self.login_prompt()  # like getty: an empty line asks again
+            elif line.strip() == "root":
                 self.state = "shell"
                 self.emit(crlf("\nWelcome to the simulated DUT.\n\n"))
                 self.prompt()

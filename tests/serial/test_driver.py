@@ -30,7 +30,7 @@ async def test_data_flows_both_ways_between_pty_and_console_stream(tmp_path: Pat
 
         status = await run.driver.status()
         assert status["port"] == "connected" and status["end"] == 19
-        assert (status["readers"], status["writers"]) == (1, 1)
+        assert (status["streams"], status["writers"]) == (1, 1)
     pty.close()
 
 

@@ -1,0 +1,234 @@
+"""Leases: exclusive, fair, persistent, enforced — with real broker and service processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from labctl.errors import (
+    DeviceBusy,
+    LabError,
+    LeaseNotFound,
+    LeaseRequired,
+    NoMatch,
+    Timeout,
+    WaitTimeout,
+)
+
+from .harness import LabHarness, power_service, wait_until
+
+
+def dut_services(h: LabHarness, duts: list[str]) -> None:
+    """Per DUT: a power outlet and an aux outlet (two services), grouped by `dut`."""
+    main = {"service": "pdu", "kind": "power", "driver": "mock", "labels": {"board": "rpi4"},
+            "devices": [{"name": f"{d}-power", "labels": {"dut": d}} for d in duts]}  # fmt: skip
+    aux = {"service": "aux", "kind": "power", "driver": "mock", "labels": {"board": "rpi4", "role": "aux"},
+           "devices": [{"name": f"{d}-aux", "labels": {"dut": d}, "on_release": "keep"} for d in duts]}  # fmt: skip
+    h.start_service(main)
+    h.start_service(aux)
+
+
+@pytest.fixture
+def lab2(harness: LabHarness) -> LabHarness:
+    harness.start_broker()
+    dut_services(harness, ["rpi4-01", "rpi4-02"])
+    return harness
+
+
+def test_lease_takes_a_whole_group_and_gives_access_by_kind_and_name(lab2: LabHarness) -> None:
+    lab = lab2.lab()
+    with lab.lease("board=rpi4", duration="10m") as lease:
+        assert len(lease.id) >= 16
+        assert lease.devices in (["rpi4-01-aux", "rpi4-01-power"], ["rpi4-02-aux", "rpi4-02-power"])
+        assert time.time() + 590 < lease.end_time < time.time() + 610
+        with pytest.raises(LabError, match=r"2 power devices.*lease\['rpi4-0.-aux'\].*lease\['rpi4-0.-power'\]"):
+            _ = lease.power
+        dut = lease.devices[0].removesuffix("-aux")
+        assert lease[f"{dut}-power"].on() == "on"
+        with pytest.raises(LabError, match="not 'nope'"):
+            lease["nope"]
+        held = {d["name"]: d for d in lab.devices("board=rpi4")}
+        assert held[f"{dut}-power"]["lease"] == lease.id and held[f"{dut}-power"]["holder"]
+    assert all(d["lease"] is None for d in lab.devices())
+
+
+def test_release_on_exception_and_reset_as_configured(lab2: LabHarness) -> None:
+    lab = lab2.lab()
+    with lab.event_stream("lease.*") as events:
+        with pytest.raises(RuntimeError), lab.lease("dut=rpi4-01") as lease:
+            lease["rpi4-01-power"].on()
+            lease["rpi4-01-aux"].on()
+            raise RuntimeError("test failed")
+        ev = events.wait_for(f"lease.{lease.id}.ended")
+    assert ev["body"]["reason"] == "released"
+    wait_until(lambda: lab.device("rpi4-01-power").state() == "off", 5, "power reset to off")
+    assert lab.device("rpi4-01-aux").state() == "on"  # on_release: keep
+
+
+def test_selector_matching_nothing_fails_at_once(lab2: LabHarness) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(NoMatch, match="board=pi5"):
+        lab2.lab().lease("board=pi5", wait="1m")
+    assert time.monotonic() - t0 < 2
+
+
+def test_mutating_calls_need_the_lease_and_errors_name_the_holder(lab2: LabHarness) -> None:
+    a, b = lab2.lab(), lab2.lab()
+    with a.lease("dut=rpi4-01") as lease:
+        with pytest.raises(DeviceBusy, match="leased by"):
+            b.device("rpi4-01-power").on()
+        with pytest.raises(LeaseRequired):
+            b.device("rpi4-02-power").on()
+        with b.lease("dut=rpi4-02") as other:
+            with pytest.raises(DeviceBusy, match=r"leased by root@|leased by \w"):
+                b.device("rpi4-01-power", lease=other).on()
+        assert b.device("rpi4-01-power").state() == "off"  # read-only needs no lease
+        with pytest.raises(DeviceBusy, match="leased by"):
+            b.lease("dut=rpi4-01")
+        lease["rpi4-01-power"].on()
+
+
+def test_two_clients_race_one_wins_the_other_queues_fifo(lab2: LabHarness) -> None:
+    results: dict[str, object] = {}
+    positions: dict[str, list[int]] = {"a": [], "b": []}
+    barrier = threading.Barrier(2)
+    release = threading.Event()
+
+    def contender(tag: str) -> None:
+        lab = lab2.lab(timeout=10)
+        barrier.wait()
+        lease = lab.lease("dut=rpi4-01", wait="20s", progress=lambda p: positions[tag].append(p["position"]))
+        results[tag] = (time.monotonic(), lease.id)
+        if not release.is_set():
+            release.wait(20)
+        lease.release()
+
+    threads = [threading.Thread(target=contender, args=(t,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(results) == 1, 10, "one winner")
+    winner = next(iter(results))
+    loser = "b" if winner == "a" else "a"
+    wait_until(lambda: positions[loser] == [1], 5, "the loser to see queue position 1")
+    assert lab2.lab().client.call("lease.list")["queue"][0]["position"] == 1
+    release.set()
+    for t in threads:
+        t.join(20)
+    assert set(results) == {"a", "b"}
+    assert results[winner][1] != results[loser][1]  # type: ignore[index]
+    assert positions[winner] == []
+
+
+def test_wait_running_out_is_a_clear_error(lab2: LabHarness) -> None:
+    lab = lab2.lab()
+    with lab.lease("dut=rpi4-01"):
+        t0 = time.monotonic()
+        with pytest.raises(WaitTimeout, match="within 0.[3-9]"):
+            lab2.lab().lease("dut=rpi4-01", wait=0.4)
+        assert time.monotonic() - t0 < 3
+        assert lab.client.call("lease.list")["queue"] == []
+
+
+def test_lease_expires_at_its_end_time(lab2: LabHarness) -> None:
+    lab = lab2.lab()
+    with lab.event_stream("lease.*") as events:
+        lease = lab.lease("dut=rpi4-02", duration=0.5)
+        ev = events.wait_for(f"lease.{lease.id}.ended", timeout=5)
+    assert ev["body"]["reason"] == "expired"
+    with pytest.raises(LeaseNotFound):
+        lease.extend("1m")
+    lease.release()  # releasing an ended lease is harmless
+
+
+def test_extend_moves_the_end_time(lab2: LabHarness) -> None:
+    with lab2.lab().lease("dut=rpi4-02", duration="1m") as lease:
+        end = lease.end_time
+        lease.extend("30m")
+        assert lease.end_time == pytest.approx(end + 1800, abs=1)
+
+
+HOLDER = """
+import sys, time
+from labctl.lab import Lab
+lab = Lab(sys.argv[1])
+lease = lab.lease("dut=rpi4-01", duration="10m")
+print(lease.id, flush=True)
+time.sleep(600)
+"""
+
+
+def test_killed_holder_loses_the_lease_after_the_grace_period(lab2: LabHarness) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, lab2.bus], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        lease_id = holder.stdout.readline().strip()
+        lab = lab2.lab()
+        with lab.event_stream(f"lease.{lease_id}.*") as events:
+            with pytest.raises(Timeout):  # keepalives hold it well past the 1 s grace
+                events.wait_for(f"lease.{lease_id}.ended", timeout=2.5)
+            holder.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            ev = events.wait_for(f"lease.{lease_id}.ended", timeout=10)
+        assert ev["body"]["reason"] == "holder-lost"
+        assert time.monotonic() - killed < 5
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_leases_survive_a_broker_kill_and_holders_keep_working(lab2: LabHarness) -> None:
+    lab = lab2.lab()
+    lease = lab.lease("dut=rpi4-02", duration="20m")
+    before = lab.client.call("lease.show", id=lease.id)
+    assert lab2.broker is not None
+    lab2.broker.kill(signal.SIGKILL)
+    lab2.start_broker()
+    lab2.wait_online(["rpi4-02-power", "rpi4-02-aux"])
+    after = lab2.lab().client.call("lease.show", id=lease.id)
+    assert (after["id"], after["end"], after["devices"]) == (before["id"], before["end"], before["devices"])
+    wait_until(lambda: _try(lambda: lease["rpi4-02-power"].on()) == "on", 10, "the holder's call to work")
+    with pytest.raises(DeviceBusy):
+        lab2.lab().lease("dut=rpi4-02")
+    lease.release()
+    audit = lab2.lab().client.call("audit")
+    assert {"lease.granted", "lease.ended"} <= {row["action"] for row in audit}
+
+
+def _try(fn):  # type: ignore[no-untyped-def]
+    try:
+        return fn()
+    except LabError:
+        return None
+
+
+def test_maintenance_takes_a_device_out_of_allocation(lab2: LabHarness) -> None:
+    r = lab2.run_cli("device", "maintenance", "rpi4-01-power", "on", "--reason", "flaky relay")
+    assert r.returncode == 0, r.stderr
+    lab = lab2.lab()
+    assert lab.devices("name=rpi4-01-power")[0]["health"] == "maintenance"
+    with pytest.raises(DeviceBusy, match="maintenance"):
+        lab.lease("dut=rpi4-01")
+    with lab.lease("board=rpi4") as lease:  # allocation skips the group
+        assert "rpi4-02-power" in lease.devices
+    assert "maintenance" in lab2.run_cli("devices").stdout
+    lab2.run_cli("device", "maintenance", "rpi4-01-power", "off")
+    with lab.lease("dut=rpi4-01"):
+        pass
+
+
+def test_three_device_group_is_all_or_nothing(harness: LabHarness) -> None:
+    harness.start_broker()
+    dut_services(harness, ["b1"])
+    harness.start_service(power_service("usb", outlets=1, dut_prefix="b") | {"devices": [{"name": "usb.1", "labels": {"dut": "b1"}}]})
+    lab = harness.lab()
+    with lab.lease("name=usb.1"):
+        with pytest.raises(DeviceBusy, match="usb.1 leased by"):
+            lab.lease("dut=b1")  # two of three are free: nothing is taken
+        assert all(d["lease"] is None for d in lab.devices("dut=b1,name!=usb.1"))
+    with lab.lease("dut=b1") as lease:
+        assert lease.devices == ["b1-aux", "b1-power", "usb.1"]
