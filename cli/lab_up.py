@@ -91,8 +91,7 @@ async def supervise(name: str, argv: list[str], env: dict[str, str]) -> None:
         backoff = min(backoff * 2, 30.0)
 
 
-async def run_lab(path: str | None, state: str | None) -> None:
-    lab = load_lab(path)
+async def run_lab(lab: dict[str, Any], state: str | None) -> None:
     broker = dict(lab.get("broker") or {})
     bus = broker.get("bus", "tcp://127.0.0.1:5550")
     state_dir = state or str(broker.pop("state", "") or default_state_dir())

@@ -135,7 +135,17 @@ def run_until_signal(fn: Any, *args: Any) -> None:
             await fn(*args)
             nursery.cancel_scope.cancel()
 
-    trio.run(runner)
+    try:
+        trio.run(runner)
+    except BaseExceptionGroup as group:
+        raise _sole(group) from None
+
+
+def _sole(group: BaseExceptionGroup) -> BaseException:
+    """The one real error inside nested nursery groups, so it prints as one clear line."""
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]  # type: ignore[assignment]
+    return group
 
 
 @main.group()
@@ -185,10 +195,11 @@ def lab() -> None:
 def lab_up(lab_file: str | None, state: str | None) -> None:
     """Start the broker and every service of LAB.yaml (or the simulated example lab)."""
     from labctl import logs
-    from labctl.cli.lab_up import run_lab
+    from labctl.cli.lab_up import load_lab, run_lab
 
     logs.setup("lab")
-    run_until_signal(run_lab, lab_file, state)
+    lab_spec = load_lab(lab_file)  # a bad file fails here, before anything starts
+    run_until_signal(run_lab, lab_spec, state)
 
 
 from . import commands as _commands  # noqa: E402,F401  (registers the client commands)

@@ -19,6 +19,8 @@ from . import protocol
 from .errors import BrokerUnreachable, ProtocolError, Timeout, from_wire
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5550"
+#: how long the first request waits before calling the broker unreachable
+CONNECT_TIMEOUT = float(os.environ.get("LABCTL_CONNECT_TIMEOUT", "3"))
 
 
 def broker_address(address: str | None = None) -> str:
@@ -72,16 +74,22 @@ class BusClient:
         """Send one request and wait for its reply; raise the typed error it carries."""
         timeout = self.timeout if timeout is None else timeout
         rid = self._new_id()
-        deadline = time.time() + timeout
-        header = {**header, "id": rid, "deadline": deadline}
+        full_deadline = time.time() + timeout
+        header = {**header, "id": rid, "deadline": full_deadline}
+        # until the broker has answered once, give up early: it is probably not there
+        deadline = (
+            full_deadline if self._answered else min(full_deadline, time.time() + CONNECT_TIMEOUT)
+        )
         self.sock.send_multipart(protocol.encode(mtype, header, *(payload or [])))
         sock = self.sock
         while True:
             remaining = deadline - time.time()
             if remaining <= 0 or not sock.poll(remaining * 1000, zmq.POLLIN):
-                raise self._timeout_error(mtype, header, timeout)
+                raise self._timeout_error(
+                    mtype, header, timeout if self._answered else CONNECT_TIMEOUT
+                )
             msg = protocol.decode(sock.recv_multipart())
-            self._answered = True
+            self._answered, deadline = True, full_deadline
             if msg.header.get("id") != rid:
                 self._other(msg)
                 continue

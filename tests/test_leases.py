@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-
 from labctl.errors import (
     DeviceBusy,
     LabError,
@@ -46,7 +45,9 @@ def test_lease_takes_a_whole_group_and_gives_access_by_kind_and_name(lab2: LabHa
         assert len(lease.id) >= 16
         assert lease.devices in (["rpi4-01-aux", "rpi4-01-power"], ["rpi4-02-aux", "rpi4-02-power"])
         assert time.time() + 590 < lease.end_time < time.time() + 610
-        with pytest.raises(LabError, match=r"2 power devices.*lease\['rpi4-0.-aux'\].*lease\['rpi4-0.-power'\]"):
+        with pytest.raises(
+            LabError, match=r"2 power devices.*lease\['rpi4-0.-aux'\].*lease\['rpi4-0.-power'\]"
+        ):
             _ = lease.power
         dut = lease.devices[0].removesuffix("-aux")
         assert lease[f"{dut}-power"].on() == "on"
@@ -102,7 +103,9 @@ def test_two_clients_race_one_wins_the_other_queues_fifo(lab2: LabHarness) -> No
     def contender(tag: str) -> None:
         lab = lab2.lab(timeout=10)
         barrier.wait()
-        lease = lab.lease("dut=rpi4-01", wait="20s", progress=lambda p: positions[tag].append(p["position"]))
+        lease = lab.lease(
+            "dut=rpi4-01", wait="20s", progress=lambda p: positions[tag].append(p["position"])
+        )
         results[tag] = (time.monotonic(), lease.id)
         if not release.is_set():
             release.wait(20)
@@ -163,7 +166,9 @@ time.sleep(600)
 
 
 def test_killed_holder_loses_the_lease_after_the_grace_period(lab2: LabHarness) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, lab2.bus], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, lab2.bus], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout is not None
         lease_id = holder.stdout.readline().strip()
@@ -190,8 +195,14 @@ def test_leases_survive_a_broker_kill_and_holders_keep_working(lab2: LabHarness)
     lab2.start_broker()
     lab2.wait_online(["rpi4-02-power", "rpi4-02-aux"])
     after = lab2.lab().client.call("lease.show", id=lease.id)
-    assert (after["id"], after["end"], after["devices"]) == (before["id"], before["end"], before["devices"])
-    wait_until(lambda: _try(lambda: lease["rpi4-02-power"].on()) == "on", 10, "the holder's call to work")
+    assert (after["id"], after["end"], after["devices"]) == (
+        before["id"],
+        before["end"],
+        before["devices"],
+    )
+    wait_until(
+        lambda: _try(lambda: lease["rpi4-02-power"].on()) == "on", 10, "the holder's call to work"
+    )
     with pytest.raises(DeviceBusy):
         lab2.lab().lease("dut=rpi4-02")
     lease.release()
@@ -224,7 +235,10 @@ def test_maintenance_takes_a_device_out_of_allocation(lab2: LabHarness) -> None:
 def test_three_device_group_is_all_or_nothing(harness: LabHarness) -> None:
     harness.start_broker()
     dut_services(harness, ["b1"])
-    harness.start_service(power_service("usb", outlets=1, dut_prefix="b") | {"devices": [{"name": "usb.1", "labels": {"dut": "b1"}}]})
+    harness.start_service(
+        power_service("usb", outlets=1, dut_prefix="b")
+        | {"devices": [{"name": "usb.1", "labels": {"dut": "b1"}}]}
+    )
     lab = harness.lab()
     with lab.lease("name=usb.1"):
         with pytest.raises(DeviceBusy, match="usb.1 leased by"):

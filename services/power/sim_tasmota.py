@@ -37,7 +37,8 @@ class SimPlug:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=args.client_id)
         if args.username:
             self.client.username_pw_set(args.username, args.password)
-        self.client.reconnect_delay_set(min_delay=0.1, max_delay=2)  # like Tasmota: keep trying
+        # like Tasmota: keep trying; paho's hints say int, but it computes with floats
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=2)  # type: ignore[arg-type]
         self.client.will_set(f"tele/{self.topic}/LWT", "Offline", qos=1, retain=True)
         self.client.on_connect = self.on_connect
         self.client.on_message = self.on_message
@@ -108,7 +109,9 @@ class SimPlug:
 
     def run(self) -> int:
         self.client.connect(self.args.host, self.args.port, keepalive=self.args.keepalive)
-        self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):  # Nagle would add ~40 ms to every reply
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.loop_start()
         if not self.ready.wait(10):
             print("not ready after 10s", file=sys.stderr, flush=True)

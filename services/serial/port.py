@@ -37,7 +37,7 @@ class PortGone(Exception):
 
 
 class SettingsRejected(Exception):
-    """The port refused a setting (some adapters, and ptys, refuse parity or bytesize)."""
+    """The port refused a setting (some adapters, and ptys on some kernels, refuse parity)."""
 
 
 async def open_port(url: str, settings: dict[str, Any]) -> SerialPort:

@@ -1,0 +1,123 @@
+"""The labctl command against a real lab: listings, one-shot calls, leases, shell."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from .harness import LabHarness, power_service
+
+
+@pytest.fixture
+def lab1(harness: LabHarness) -> LabHarness:
+    harness.start_broker()
+    harness.start_service(power_service("pdu1", outlets=2))
+    return harness
+
+
+def test_devices_listing_formats(lab1: LabHarness) -> None:
+    table = lab1.run_cli("devices")
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:3] == [
+        "NAME",
+        "KIND",
+        "DRIVER",
+    ]
+    items = json.loads(lab1.run_cli("devices", "-l", "dut=rpi4-02", "-o", "json").stdout)
+    assert [i["name"] for i in items] == ["pdu1.2"]
+    assert {"name", "kind", "driver", "labels", "online", "health", "lease"} <= set(items[0])
+    assert yaml.safe_load(lab1.run_cli("devices", "-o", "yaml").stdout)[0]["kind"] == "power"
+    assert lab1.run_cli("devices", "-o", "name").stdout.split() == ["pdu1.1", "pdu1.2"]
+    bad = lab1.run_cli("devices", "-l", "board in (a,")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: invalid selector at column")
+
+
+def test_power_one_shot_leases_calls_and_leaves_the_outlet_on(lab1: LabHarness) -> None:
+    assert lab1.run_cli("power", "on", "pdu1.1").stdout.strip() == "on"
+    assert lab1.run_cli("power", "state", "pdu1.1").stdout.strip() == "on"
+    assert lab1.run_cli("power", "off", "pdu1.1").stdout.strip() == "off"
+    assert lab1.run_cli("power", "state", "pdu1.1").stdout.strip() == "off"
+    assert lab1.run_cli("power", "cycle", "pdu1.1", "--wait", "0").stdout.strip() == "on"
+    read = lab1.run_cli("power", "read", "pdu1.1")
+    assert read.returncode == 6 and "measures nothing" in read.stderr
+    missing = lab1.run_cli("power", "on", "nope")
+    assert missing.returncode == 3 and missing.stderr.strip() == "error: no device named 'nope'"
+
+
+def test_one_shot_refuses_a_device_someone_else_holds(lab1: LabHarness) -> None:
+    with lab1.lab().lease("name=pdu1.2"):
+        r = lab1.run_cli("power", "on", "pdu1.2")
+    assert r.returncode == 7 and "leased by" in r.stderr
+
+
+def test_lease_commands_and_lease_from_the_environment(lab1: LabHarness) -> None:
+    acquired = lab1.run_cli("lease", "acquire", "dut=rpi4-01", "--duration", "5m", "-o", "name")
+    assert acquired.returncode == 0, acquired.stderr
+    lease_id = acquired.stdout.strip()
+    listed = json.loads(lab1.run_cli("lease", "list", "-o", "json").stdout)
+    assert [x["id"] for x in listed] == [lease_id]
+    assert lab1.run_cli("lease", "show", lease_id, "-o", "json").returncode == 0
+    ext = json.loads(
+        lab1.run_cli("lease", "extend", lease_id, "--duration", "1h", "-o", "json").stdout
+    )
+    assert ext["end"] - ext["begin"] == pytest.approx(3900, abs=5)
+    assert lab1.run_cli("power", "on", "pdu1.1", "--lease", lease_id).stdout.strip() == "on"
+    assert (
+        lab1.run_cli("power", "off", "pdu1.1", env={"LABCTL_LEASE": lease_id}).stdout.strip()
+        == "off"
+    )
+    assert (
+        lab1.run_cli("call", "pdu1.1", "cycle", "wait=0", "--lease", lease_id).stdout.strip()
+        == "on"
+    )
+    forced = lab1.run_cli("lease", "release", lease_id, "--force")
+    assert forced.returncode == 2 and "needs a reason" in forced.stderr
+    assert (
+        lab1.run_cli("lease", "release", lease_id, "--force", "--reason", "stale").returncode == 0
+    )
+    gone = lab1.run_cli("lease", "release", lease_id)
+    assert gone.returncode == 7 and "no active lease" in gone.stderr
+
+
+def test_shell_runs_the_command_with_the_lease_and_passes_its_exit_code(lab1: LabHarness) -> None:
+    script = 'test -n "$LABCTL_LEASE" && labctl power on pdu1.2 >/dev/null && exit 7'
+    r = lab1.run_cli(
+        "shell", "dut=rpi4-02", "--", "sh", "-c", script.replace("labctl", "python -m labctl.cli")
+    )
+    assert r.returncode == 7, r.stderr
+    assert lab1.lab().devices("name=pdu1.2")[0]["lease"] is None  # released afterwards
+    assert lab1.run_cli("shell", "dut=rpi4-02", "--", "true").returncode == 0
+
+
+def test_device_show_lists_methods_and_lease_flags(lab1: LabHarness) -> None:
+    out = lab1.run_cli("device", "show", "pdu1.1").stdout
+    assert "cycle(wait=2.0) [needs lease]" in out and "state()  Read" in out
+
+
+def test_events_journal_and_topic_filter(lab1: LabHarness) -> None:
+    lab1.run_cli("power", "on", "pdu1.2")
+    out = lab1.run_cli("events", "--since", "1h", "--topic", "device.pdu1.2.*").stdout
+    assert "device.pdu1.2.status" in out and '"on"' in out and "pdu1.1" not in out
+
+
+def test_broker_unreachable_is_one_clear_line(workdir) -> None:  # type: ignore[no-untyped-def]
+    h = LabHarness(workdir)
+    r = h.run_cli("devices", env={"LABCTL_BROKER": f"ipc://{workdir}/none"}, timeout=60)
+    assert r.returncode == 5 and r.stderr.startswith("error: no answer from the broker")
+
+
+def test_bad_service_config_names_file_and_field(harness: LabHarness) -> None:
+    path = harness.root / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump({"service": "p", "kind": "power", "driver": "mock", "devicez": []})
+    )
+    r = harness.run_cli("service", "run", str(path))
+    assert r.returncode == 2 and f"{path}: devicez: unknown field" in r.stderr
+    path.write_text(yaml.safe_dump({"service": "p", "kind": "power", "driver": "mock",
+                                    "devices": [{"name": "a", "config": {"initial": "maybe"}}]}))  # fmt: skip
+    r = harness.run_cli("service", "run", str(path))
+    assert r.returncode == 2 and "devices[0] (a) config: initial:" in r.stderr
+    path.write_text(yaml.safe_dump({"service": "p", "kind": "power", "driver": "snmpp"}))
+    r = harness.run_cli("service", "run", str(path))
+    assert r.returncode == 2 and "unknown power driver 'snmpp'" in r.stderr

@@ -1,0 +1,84 @@
+"""`labctl lab up`: the broker plus supervised service processes, stopped cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import yaml
+from labctl.lab import Lab
+
+from .harness import wait_until
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def test_lab_up_starts_restarts_and_stops_everything(workdir) -> None:  # type: ignore[no-untyped-def]
+    bus = f"ipc://{workdir}/bus"
+    lab_file = workdir / "lab.yaml"
+    lab_file.write_text(yaml.safe_dump({
+        "broker": {"bus": bus, "events": f"ipc://{workdir}/events", "heartbeat": 0.2},
+        "services": [
+            {"service": "pdu1", "kind": "power", "driver": "mock",
+             "devices": [{"name": "pdu1.1", "labels": {"dut": "a"}}, {"name": "pdu1.2", "labels": {"dut": "b"}}]},
+            {"service": "plug", "kind": "power", "driver": "mock", "labels": {"dut": "c"}},
+        ],
+    }))  # fmt: skip
+    env = dict(os.environ, LABCTL_BROKER=bus)
+    log = open(workdir / "lab.log", "wb")  # noqa: SIM115
+    up = subprocess.Popen([sys.executable, "-m", "labctl.cli", "lab", "up", str(lab_file), "--state", str(workdir / "state")],
+                          env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    lab = Lab(bus, timeout=2)
+    try:
+
+        def names() -> list[str]:
+            try:
+                return sorted(d["name"] for d in lab.devices() if d["online"])
+            except Exception:
+                return []
+
+        wait_until(lambda: names() == ["pdu1.1", "pdu1.2", "plug"], 30, "the lab to come up")
+        children = _children(up.pid)
+        assert len(children) == 3  # broker + two services
+        plug_pid = next(p for p in children if "plug.yaml" in open(f"/proc/{p}/cmdline").read())
+        os.kill(plug_pid, signal.SIGKILL)
+        wait_until(
+            lambda: plug_pid not in _children(up.pid) and len(_children(up.pid)) == 3,
+            20,
+            "a restart",
+        )
+        wait_until(lambda: "plug" in names(), 20, "the restarted service to register")
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(20) == 0
+        for pid in children:
+            assert (
+                not os.path.exists(f"/proc/{pid}")
+                or "zombie" in open(f"/proc/{pid}/status").read().lower()
+            )
+    finally:
+        lab.close()
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        log.close()
+
+
+def test_lab_up_rejects_a_bad_lab_file_before_starting_anything(workdir) -> None:  # type: ignore[no-untyped-def]
+    lab_file = workdir / "lab.yaml"
+    lab_file.write_text(
+        yaml.safe_dump(
+            {"services": [{"service": "x", "kind": "power", "driver": "mock", "labelz": {}}]}
+        )
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "labctl.cli", "lab", "up", str(lab_file)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "services[0]: labelz: unknown field" in r.stderr
