@@ -27,6 +27,7 @@ class BrokerCalls:
             "devices": self.devices,
             "device": self.device,
             "events": self.events,
+            "sync": self.sync,
             "health": self.health,
             "audit": self.audit,
             "lease.acquire": self.lease_acquire,
@@ -80,6 +81,11 @@ class BrokerCalls:
             if fnmatch.fnmatchcase(t, topic):
                 out.append({"seq": seq, "ts": ts, "topic": t, "body": protocol.unpack(body)})
         return out[-int(limit) :]
+
+    def sync(self, ident: bytes, rid: Any, token: str) -> bool:
+        """Publish ``sync.<token>`` (not journaled) so a subscriber knows it is connected."""
+        self.broker.events_hub.publish_raw(f"sync.{token}", protocol.pack(None), journal=False)
+        return True
 
     def health(
         self, ident: bytes, rid: Any, name: str, health: str, reason: str = "", who: str = "?"

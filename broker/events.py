@@ -8,6 +8,7 @@ journal (``labctl events --since``) is the record.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -23,8 +24,13 @@ class EventHub:
         self.store = store
         self.seq = store.last_seq()
 
-    def publish_raw(self, topic: str, body: Any) -> int:
+    def publish_raw(self, topic: str, body: Any, journal: bool = True) -> int:
         """Publish a body that is already msgpack (bytes or a zmq.Frame)."""
+        if not journal:
+            meta = protocol.pack({"seq": 0, "ts": time.time(), "topic": topic})
+            with contextlib.suppress(zmq.Again):
+                self.sock.send_multipart([topic.encode(), meta, body], zmq.NOBLOCK)
+            return 0
         self.seq += 1
         ts = time.time()
         raw = body.bytes if hasattr(body, "bytes") else bytes(body)

@@ -248,7 +248,7 @@ class Broker:
                 f"device {dev.name!r} ({dev.kind}) has no method {method!r}; it has: {known}",
                 {"device": dev.name, "method": method},
             )
-        if not dev.online:
+        if not dev.service_alive:  # an unreachable port or plug still answers status and logs
             raise DeviceOffline(f"device {dev.name!r} is offline ({dev._offline_reason()})")
         if spec.get("mutating"):
             self.leases.check_access(dev, h.get("lease"), f"call {method}")

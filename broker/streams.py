@@ -34,6 +34,8 @@ class Route:
     writable: bool
     to_client_credit: int = 0  # bytes the client granted the service
     to_service_credit: int = 0  # bytes the service granted the client
+    open_rid: object = None  # the client's request id until the service accepts
+    opening: bool = True
 
 
 class StreamRouter:
@@ -43,7 +45,7 @@ class StreamRouter:
         self._next_sid = 0
 
     def handle(self, ident: bytes, msg: Message) -> None:
-        if msg.mtype == protocol.STREAM_OPEN:
+        if msg.mtype == protocol.STREAM_OPEN and "sid" not in msg.header:
             self._open(ident, msg)
             return
         sid = msg.header.get("sid")
@@ -57,6 +59,16 @@ class StreamRouter:
         from_client = ident == route.client
         if not from_client and ident != route.service:
             raise BadRequest(f"stream {sid} does not belong to this peer")
+        if route.opening:
+            if from_client:
+                return  # nothing may flow before the service accepted
+            if msg.mtype == protocol.STREAM_OPEN:
+                self._accepted(route, msg)
+            elif msg.mtype == protocol.STREAM_CLOSE:
+                self.routes.pop(route.sid, None)
+                err = StreamRefused(str(msg.header.get("reason", "refused by the service")))
+                self.broker.send(route.client, protocol.error_frames(err, route.open_rid))
+            return
         other = route.service if from_client else route.client
         if msg.mtype == protocol.STREAM_DATA:
             size = sum(len(f) for f in msg.payload)
@@ -128,16 +140,27 @@ class StreamRouter:
         }
         if not self.broker.send(dev.ident, protocol.encode(protocol.STREAM_OPEN, fwd)):
             raise StreamRefused(f"service of {dev.name!r} is not reachable")
-        self.routes[route.sid] = route
-        reply = {"sid": route.sid, "writable": want_write, "device": dev.name, "stream": name}
-        self.broker.send(
-            ident, protocol.encode(protocol.REPLY, {"id": h.get("id")}, protocol.pack(reply))
-        )
+        route.open_rid = h.get("id")
+        self.routes[route.sid] = route  # the client hears back once the service accepts
+
+    def _accepted(self, route: Route, msg: Message) -> None:
+        """The service has the stream: answer the client's open, pass on write credit."""
+        route.opening = False
+        credit = msg.header.get("credit", 0)
+        if isinstance(credit, int) and credit > 0:
+            route.to_service_credit += credit
+        reply = {"sid": route.sid, "writable": route.writable, "device": route.device, "stream": route.name}
+        self.broker.send(route.client, protocol.encode(protocol.REPLY, {"id": route.open_rid}, protocol.pack(reply)))
+        if credit:
+            self.broker.send(route.client, protocol.encode(protocol.STREAM_CREDIT, {"sid": route.sid, "credit": credit}))
 
     def close(self, route: Route, reason: str, both: bool = True) -> None:
         self.routes.pop(route.sid, None)
         frames = protocol.encode(protocol.STREAM_CLOSE, {"sid": route.sid, "reason": reason})
-        self.broker.send(route.client, frames)
+        if route.opening:
+            self.broker.send(route.client, protocol.error_frames(StreamRefused(reason), route.open_rid))
+        else:
+            self.broker.send(route.client, frames)
         if both:
             self.broker.send(route.service, frames)
 

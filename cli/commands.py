@@ -224,3 +224,4 @@ def sys_flush() -> None:
 
 
 from . import lease_cmds as _lease_cmds  # noqa: E402,F401
+from . import serial_cmds as _serial_cmds  # noqa: E402,F401

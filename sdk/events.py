@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import secrets
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,24 @@ class EventStream:
         self.sock.setsockopt(zmq.SUBSCRIBE, _prefix(topic).encode())
         self.sock.connect(addr)
         self._last_seq = 0
+        self._sync()
+
+    def _sync(self, timeout: float = 5.0) -> None:
+        """Wait until the subscription is live (ZeroMQ's slow joiner), so no event that
+        happens after this constructor returns can be missed."""
+        token = secrets.token_hex(8)
+        topic = f"sync.{token}".encode()
+        self.sock.setsockopt(zmq.SUBSCRIBE, topic)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                self.lab.client.call("sync", token=token)
+                while self.sock.poll(20):
+                    if self.sock.recv_multipart()[0] == topic:
+                        return
+            raise Timeout(f"event subscription did not become live within {timeout}s")
+        finally:
+            self.sock.setsockopt(zmq.UNSUBSCRIBE, topic)
 
     def close(self) -> None:
         self.sock.close(0)

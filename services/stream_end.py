@@ -34,8 +34,9 @@ class BusStreamEnd:
         self.scope = trio.CancelScope()
 
     async def start(self) -> None:
-        if self.writable:
-            await self._grant(WINDOW)
+        """Tell the broker the device has the stream (it answers the client then)."""
+        hdr = {"sid": self.sid, "credit": WINDOW if self.writable else 0}
+        await self._send(protocol.encode(protocol.STREAM_OPEN, hdr))
 
     # -- device -> client ---------------------------------------------------------------
     async def send(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
@@ -52,8 +53,8 @@ class BusStreamEnd:
             self._credit -= n
             hdr = header if meta is None else {**header, **meta}
             await self._send(protocol.encode(protocol.STREAM_DATA, hdr, chunk))
-            if meta is not None and "offset" in meta:
-                meta = {**meta, "offset": meta["offset"] + n}
+            if meta is not None:  # later pieces carry the offset on, not a gap again
+                meta = {"offset": meta["offset"] + n} if "offset" in meta else None
             view = view[n:]
 
     def add_credit(self, n: int) -> None:

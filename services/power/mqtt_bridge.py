@@ -48,8 +48,8 @@ class MqttLink:
     """One MQTT client connection, kept up by :meth:`run`; messages arrive on :attr:`messages`.
 
     Subscriptions are (re)made after every connect; :attr:`ready` is True only once the
-    broker has acknowledged them, so a command published after :meth:`wait_ready` cannot
-    miss its reply. Messages are dropped (and counted) if the consumer falls 256 behind.
+    broker has acknowledged them, so a command published once it is ready cannot miss
+    its reply. Messages are dropped (and counted) if the consumer falls 256 behind.
     """
 
     def __init__(
@@ -165,6 +165,8 @@ class MqttLink:
             self._send.send_nowait(msg)
         except trio.WouldBlock:
             self.dropped += 1
+            if self.dropped % 100 == 1:
+                log.warning("mqtt consumer too slow, dropping", broker=self.where, n=self.dropped)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 

@@ -172,9 +172,12 @@ class _Engines:
         tkey = (cfg.host, cfg.port, cfg.timeout, cfg.retries)
         target = self.targets.get(tkey)
         if target is None:
-            target = await hlapi.UdpTransportTarget.create(
-                (cfg.host, cfg.port), timeout=cfg.timeout, retries=cfg.retries
-            )
+            try:
+                target = await hlapi.UdpTransportTarget.create(
+                    (cfg.host, cfg.port), timeout=cfg.timeout, retries=cfg.retries
+                )
+            except Exception:  # pysnmp wraps the resolver's error in a long PySnmpError
+                return _Answer(indication="BadAddress", indication_text="cannot resolve host")
             self.targets[tkey] = target
         if cfg.version == "3":
             auth: Any = hlapi.UsmUserData(

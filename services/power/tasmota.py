@@ -173,10 +173,10 @@ class TasmotaPower(PowerDriver):
                 if self._stat_count > seen and (want is None or self._stat_value == want):
                     assert self._stat_value is not None
                     return self._stat_value
-        asked = payload or "(state query)"
-        plug = "plug reports Offline (LWT)" if self._plug_online is False else "plug offline?"
+        asked = payload or "a state query"
+        hint = "" if self._plug_online else f"; no LWT seen on {self._lwt}: wrong topic?"
         raise DriverError(
-            f"{self.name}: no {self._stat} confirmation for {asked} within {cfg.timeout}s ({plug})"
+            f"{self.name}: plug did not confirm {asked} on {self._stat} within {cfg.timeout}s{hint}"
         )
 
     # -- background ---------------------------------------------------------------------

@@ -191,11 +191,18 @@ class Broker:
     port: int = 0
     users: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    tls_port: int = 0  # with ``tls``: a second listener speaking MQTT over TLS
+    tls: bool = False
 
     def start(self, port: int | None = None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         lines = [f"listener {self.port} 127.0.0.1", "persistence false", "user root"]
+        if self.tls:
+            make_certificates(self.dir)
+            self.tls_port = free_port()
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {self.dir / 'ca.pem'}",
+                      f"certfile {self.dir / 'server.pem'}", f"keyfile {self.dir / 'server.key'}"]  # fmt: skip
         if self.users:
             pwfile = self.dir / "passwd"
             pwfile.write_text("")
@@ -227,10 +234,10 @@ class Broker:
             self.proc = None
 
 
-def _broker(path: Path, users: dict[str, str] | None = None) -> Broker:
+def _broker(path: Path, users: dict[str, str] | None = None, tls: bool = False) -> Broker:
     if shutil.which("mosquitto") is None:
         pytest.skip("mosquitto not installed (apt-get install mosquitto)")
-    broker = Broker(path, users=users or {})
+    broker = Broker(path, users=users or {}, tls=tls)
     broker.start()
     return broker
 
@@ -250,12 +257,68 @@ def mosquitto_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]
     broker.stop()
 
 
+@pytest.fixture(scope="session")
+def mosquitto_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """Anonymous on ``port``, TLS (certificate for 127.0.0.1 from ``dir/ca.pem``) on ``tls_port``."""
+    broker = _broker(tmp_path_factory.mktemp("mosquitto-tls"), tls=True)
+    yield broker
+    broker.stop()
+
+
 @pytest.fixture
 def own_mosquitto(tmp_path: Path) -> Iterator[Broker]:
     """A broker for one test, which may stop and restart it."""
     broker = _broker(tmp_path / "mosquitto")
     yield broker
     broker.stop()
+
+
+def make_certificates(d: Path) -> None:
+    """A throw-away CA and a server certificate for 127.0.0.1, written as PEM files to ``d``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: str,
+        signer: ec.EllipticCurvePrivateKey,
+        ca: bool,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert("labctl test CA", ca_key, "labctl test CA", ca_key, ca=True)
+    server = cert("127.0.0.1", key, "labctl test CA", ca_key, ca=False)
+    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (d / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (d / "server.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )  # fmt: skip
+    )
 
 
 # -- simulated Tasmota plug -------------------------------------------------------------

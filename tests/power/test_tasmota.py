@@ -116,6 +116,29 @@ async def test_credentials_right_and_wrong(mosquitto_auth: Broker, sim_plug: Sta
 
 
 @trio_test
+async def test_tls_with_the_right_ca_and_without(
+    mosquitto_tls: Broker, sim_plug: StartPlug
+) -> None:
+    name = topic()
+    sim_plug(mosquitto_tls, name)  # the plug uses the plain listener
+    ca = str(mosquitto_tls.dir / "ca.pem")
+    tls = cfg(mosquitto_tls, name, port=mosquitto_tls.tls_port, tls=True, ca_certs=ca)
+    async with running(TasmotaPower, tls) as (drv, _):
+        assert await drv.on() == "on"
+    untrusted = cfg(mosquitto_tls, name, port=mosquitto_tls.tls_port, tls=True, timeout=1.0)
+    async with running(TasmotaPower, untrusted) as (drv, _):
+        with pytest.raises(DriverError, match="certificate verify failed"):
+            await drv.state()
+
+
+@trio_test
+async def test_no_plug_on_the_topic_times_out_with_a_hint(mosquitto: Broker) -> None:
+    async with running(TasmotaPower, cfg(mosquitto, topic(), timeout=0.3)) as (drv, _):
+        with pytest.raises(DriverError, match=r"did not confirm ON .* within 0.3s; no LWT seen"):
+            await drv.on()
+
+
+@trio_test
 async def test_broker_down_is_a_clear_error() -> None:
     down = {"host": "127.0.0.1", "port": free_port(), "topic": "nobody", "timeout": 0.5}
     async with running(TasmotaPower, down) as (drv, rec):

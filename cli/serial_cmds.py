@@ -1,0 +1,229 @@
+"""``labctl serial``: an interactive console, the scrollback log, send and expect."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from .commands import lease_option
+from .main import broker_option, lab_from, main
+
+ESCAPE = b"\x1d"  # Ctrl-]
+HELP = "\r\n[labctl] Ctrl-] then: q quit, b send break, p power-cycle this DUT, ? help\r\n"
+
+
+@main.group()
+def serial() -> None:
+    """Serial consoles: interactive, log, send, expect."""
+
+
+@contextmanager
+def write_access(lab: Any, device: str, lease_id: str | None, need: bool = True) -> Any:
+    """The lease to write with: the given one, or a temporary one on the device's DUT.
+
+    A temporary lease covers the whole DUT group (so `p` can power-cycle it) and is
+    released without a reset: leaving a console must not switch the board off.
+    """
+    if lease_id is not None:
+        yield lab.attach(lease_id)
+        return
+    if not need:
+        yield None
+        return
+    info = lab.device(device).info
+    dut = info["labels"].get("dut")
+    held = lab.lease(f"dut={dut}" if dut else f"name={device}", duration="12h")
+    try:
+        yield held
+    finally:
+        held.release(reset=False)
+
+
+@serial.command("console")
+@click.argument("device_name")
+@click.option("--since", type=int, default=None, help="Replay the scrollback from this byte offset.")
+@click.option("--read-only", is_flag=True, help="Only watch; take no lease.")
+@lease_option
+@broker_option
+def console(device_name: str, since: int | None, read_only: bool, lease_id: str | None, broker: str | None) -> None:
+    """Attach this terminal to DEVICE's console. Escape: Ctrl-] then q (quit), b (break),
+    p (power-cycle the power device of the same DUT in the same lease), ? (help)."""
+    from labctl.errors import DeviceBusy
+
+    with lab_from(broker) as lab:
+        try:
+            ctx = write_access(lab, device_name, lease_id, need=not read_only)
+            held = ctx.__enter__()
+        except DeviceBusy as exc:
+            click.echo(f"[labctl] read-only: {exc.message}", err=True)
+            ctx, held = write_access(lab, device_name, None, need=False), None
+            ctx.__enter__()
+        try:
+            dev = lab.device(device_name, lease=held)
+            stream = dev.stream("console", write=held is not None, **({"since": since} if since is not None else {}))
+            click.echo(f"[labctl] connected to {device_name}; Ctrl-] ? for help", err=True)
+            _interact(lab, stream, dev, held)
+        finally:
+            ctx.__exit__(None, None, None)
+
+
+def _interact(lab: Any, stream: Any, dev: Any, held: Any) -> None:
+    import termios
+    import tty
+
+    import zmq
+
+    fd = sys.stdin.fileno()
+    is_tty = os.isatty(fd)
+    saved = termios.tcgetattr(fd) if is_tty else None
+    if is_tty:
+        tty.setraw(fd)
+    poller = zmq.Poller()
+    poller.register(fd, zmq.POLLIN)
+    escaped = False
+    try:
+        while True:
+            poller.register(stream._client.sock, zmq.POLLIN)
+            ready = dict(poller.poll(1000))
+            poller.unregister(stream._client.sock)
+            try:
+                while True:
+                    data = stream.read_some(0)
+                    if not data:
+                        _say(f"[labctl] console closed: {stream.closed_reason}")
+                        return
+                    os.write(sys.stdout.fileno(), data)
+            except TimeoutError:
+                pass
+            if fd not in ready:
+                continue
+            keys = os.read(fd, 1024)
+            if not keys:
+                return
+            out = bytearray()
+            for b in keys:
+                ch = bytes([b])
+                if escaped:
+                    escaped = False
+                    if ch == b"q":
+                        _say("[labctl] bye")
+                        return
+                    if not _command(ch, lab, dev, held):
+                        out += ch if ch != ESCAPE else ESCAPE
+                elif ch == ESCAPE:
+                    escaped = True
+                else:
+                    out += ch
+            if out:
+                if stream.writable:
+                    stream.write(bytes(out))
+                else:
+                    _say("[labctl] read-only console (no lease): input ignored")
+    finally:
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        stream.close()
+
+
+def _say(text: str) -> None:
+    os.write(sys.stderr.fileno(), (text + "\r\n").encode())
+
+
+def _command(ch: bytes, lab: Any, dev: Any, held: Any) -> bool:
+    from labctl.errors import LabError
+
+    try:
+        if ch == b"?":
+            _say(HELP.strip())
+        elif ch == b"b":
+            dev.call("break")
+            _say("[labctl] break sent")
+        elif ch == b"p":
+            if held is None:
+                _say("[labctl] power-cycle needs a lease")
+                return True
+            power = [n for n, k in held.info.get("kinds", {}).items() if k == "power"]
+            if len(power) != 1:
+                _say(f"[labctl] no single power device in this lease ({power or 'none'})")
+                return True
+            _say(f"[labctl] power-cycling {power[0]}")
+            held[power[0]].cycle(timeout=30)
+        else:
+            return False
+    except LabError as exc:
+        _say(f"[labctl] {exc.message}")
+    return True
+
+
+@serial.command("log")
+@click.argument("device_name")
+@click.option("--since", type=int, default=None, help="Byte offset to start from (default: all kept).")
+@click.option("--tail", type=int, default=None, help="Only the last N bytes.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
+@broker_option
+def log(device_name: str, since: int | None, tail: int | None, follow: bool, broker: str | None) -> None:
+    """Print DEVICE's scrollback (absolute byte offsets), optionally following it."""
+    out = sys.stdout.buffer
+    with lab_from(broker) as lab:
+        dev = lab.device(device_name)
+        kwargs: dict[str, Any] = {"since": since} if since is not None else {}
+        if tail is not None:
+            kwargs["tail"] = tail
+        while True:
+            chunk = dev.log(**kwargs)
+            out.write(chunk["data"])
+            nxt = chunk["offset"] + len(chunk["data"])
+            if nxt >= chunk["end"]:
+                break
+            kwargs = {"since": nxt}
+        out.flush()
+        if follow:
+            with dev.stream("console", write=False, since=nxt) as stream:
+                for data in stream:
+                    out.write(data)
+                    out.flush()
+
+
+@serial.command("send")
+@click.argument("device_name")
+@click.argument("text")
+@click.option("--raw", is_flag=True, help="Send TEXT as is, without a newline.")
+@lease_option
+@broker_option
+def send(device_name: str, text: str, raw: bool, lease_id: str | None, broker: str | None) -> None:
+    """Type TEXT (plus a newline) into DEVICE's console."""
+    from .commands import one_shot
+
+    data = text if raw else text + "\n"
+    with lab_from(broker) as lab:
+        n = one_shot(lab, device_name, lease_id, "send", [data], {})
+    click.echo(f"sent {n} bytes", err=True)
+
+
+@serial.command("expect")
+@click.argument("device_name")
+@click.argument("pattern")
+@click.option("--timeout", type=float, default=60, show_default=True)
+@click.option("--since", type=int, default=None, help="Search from this offset (default: new output only).")
+@broker_option
+def expect(device_name: str, pattern: str, timeout: float, since: int | None, broker: str | None) -> None:
+    """Wait until PATTERN (a regex) appears on DEVICE's console: exit 0, or 1 on timeout."""
+    import pexpect
+
+    with lab_from(broker) as lab:
+        con = lab.device(device_name).console(since=since, write=False)
+        try:
+            con.expect(pattern, timeout=timeout)
+        except pexpect.TIMEOUT:
+            click.echo(f"error: {pattern!r} did not appear within {timeout:g}s", err=True)
+            sys.exit(1)
+        except pexpect.EOF:
+            click.echo(f"error: console closed before {pattern!r} appeared", err=True)
+            sys.exit(1)
+        finally:
+            con.close()
+        click.echo(con.after if isinstance(con.after, str) else "")
