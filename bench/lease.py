@@ -41,7 +41,9 @@ def main() -> None:
             out[name] = percentiles(samples)
         print(json.dumps(out, indent=2))
         for name, p in out.items():
-            print(f"lease acquire+release {name}: p50 {p['p50_us'] / 1000:.2f} ms, p99 {p['p99_us'] / 1000:.2f} ms (target p50 < 2 ms)")
+            print(
+                f"lease acquire+release {name}: p50 {p['p50_us'] / 1000:.2f} ms, p99 {p['p99_us'] / 1000:.2f} ms (target p50 < 2 ms)"
+            )
     finally:
         h.close()
         shutil.rmtree(h.root, ignore_errors=True)

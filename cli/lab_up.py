@@ -23,37 +23,71 @@ from .main import default_state_dir
 
 log = structlog.get_logger("lab")
 
-EXAMPLE_LAB: dict[str, Any] = {
-    "broker": {"bus": "tcp://127.0.0.1:5550", "events": "tcp://127.0.0.1:5551"},
-    "services": [
-        {
-            "service": "pdu1",
-            "kind": "power",
-            "driver": "mock",
-            "labels": {"site": "sim"},
-            "devices": [
+
+def example_lab(run: Path) -> dict[str, Any]:
+    """Two simulated Raspberry Pi boards: mock power, a serial console on a pty, and a
+    simulated DUT (simdut) that boots when its outlet is switched on."""
+    boards = ["rpi4-01", "rpi4-02"]
+    return {
+        "broker": {"bus": "tcp://127.0.0.1:5550", "events": "tcp://127.0.0.1:5551"},
+        "simulators": [
+            {
+                "name": f"{b}-dut",
+                "command": [
+                    "-m",
+                    "labctl.services.serial.simdut",
+                    "--link",
+                    str(run / f"{b}.tty"),
+                    "--power-file",
+                    str(run / f"{b}.power"),
+                    "--hostname",
+                    b,
+                ],
+            }
+            for b in boards
+        ],  # fmt: skip
+        "services": [
+            {
+                "service": "pdu1",
+                "kind": "power",
+                "driver": "mock",
+                "labels": {"site": "sim"},
+                "devices": [
+                    {
+                        "name": f"{b}-power",
+                        "labels": {"dut": b, "board": "rpi4"},
+                        "config": {"outlet": i, "state_file": str(run / f"{b}.power")},
+                    }
+                    for i, b in enumerate(boards, 1)
+                ],  # fmt: skip
+            },
+            *[
                 {
-                    "name": "rpi4-01-power",
-                    "labels": {"dut": "rpi4-01", "board": "rpi4"},
-                    "config": {"outlet": 1},
-                },
-                {
-                    "name": "rpi4-02-power",
-                    "labels": {"dut": "rpi4-02", "board": "rpi4"},
-                    "config": {"outlet": 2},
-                },
-            ],
-        },
-    ],
-}
+                    "service": f"{b}-console",
+                    "kind": "serial",
+                    "driver": "pyserial",
+                    "labels": {"site": "sim", "dut": b, "board": "rpi4"},
+                    "config": {"url": str(run / f"{b}.tty"), "reconnect_interval": 0.2},
+                }
+                for b in boards
+            ],  # fmt: skip
+        ],
+    }
 
 
-def load_lab(path: str | None) -> dict[str, Any]:
-    data = EXAMPLE_LAB if path is None else load_yaml(Path(path))
+def load_lab(path: str | None, run: Path) -> dict[str, Any]:
+    data = example_lab(run) if path is None else load_yaml(Path(path))
     source = path or "<example lab>"
     if not isinstance(data, dict) or not isinstance(data.get("services", []), list):
         raise ConfigError(f"{source}: a lab file is a mapping with 'broker' and 'services'")
-    unknown = set(data) - {"broker", "services"}
+    for i, sim in enumerate(data.get("simulators", [])):
+        if (
+            not isinstance(sim, dict)
+            or not isinstance(sim.get("name"), str)
+            or not isinstance(sim.get("command"), list)
+        ):
+            raise ConfigError(f"{source}: simulators[{i}]: needs a 'name' and a 'command' list")
+    unknown = set(data) - {"broker", "services", "simulators"}
     if unknown:
         raise ConfigError(f"{source}: unknown top-level field(s): {', '.join(sorted(unknown))}")
     for i, svc in enumerate(data.get("services", [])):
@@ -91,19 +125,42 @@ async def supervise(name: str, argv: list[str], env: dict[str, str]) -> None:
         backoff = min(backoff * 2, 30.0)
 
 
-async def run_lab(lab: dict[str, Any], state: str | None) -> None:
+def state_dir_for(path: str | None, state: str | None) -> Path:
+    """--state, else the lab file's broker.state, else $XDG_STATE_HOME/labctl."""
+    if state:
+        return Path(state)
+    if path is not None:
+        data = load_yaml(Path(path))
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("broker"), dict)
+            and data["broker"].get("state")
+        ):
+            return Path(data["broker"]["state"])
+    return Path(default_state_dir())
+
+
+async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
     broker = dict(lab.get("broker") or {})
     bus = broker.get("bus", "tcp://127.0.0.1:5550")
-    state_dir = state or str(broker.pop("state", "") or default_state_dir())
+    broker.pop("state", None)
+    (state_dir / "run").mkdir(parents=True, exist_ok=True)
     env = dict(
         os.environ, LABCTL_BROKER=bus.replace("*", "127.0.0.1").replace("0.0.0.0", "127.0.0.1")
     )
     with tempfile.TemporaryDirectory(prefix="labctl-lab-") as tmp:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(supervise, "broker", broker_argv(broker, state_dir), env)
+            nursery.start_soon(supervise, "broker", broker_argv(broker, str(state_dir)), env)
+            for sim in lab.get("simulators", []):
+                argv = [str(a) for a in sim["command"]]
+                if argv and argv[0] == "-m":  # a Python module: run it with this interpreter
+                    argv = [sys.executable, *argv]
+                nursery.start_soon(supervise, sim["name"], argv, env)
             for svc in lab.get("services", []):
                 cfg_path = Path(tmp) / f"{svc['service']}.yaml"
                 cfg_path.write_text(yaml.safe_dump(svc))
                 argv = [sys.executable, "-m", "labctl.cli", "service", "run", str(cfg_path)]
                 nursery.start_soon(supervise, svc["service"], argv, env)
-            log.info("lab up", broker=bus, services=len(lab.get("services", [])), state=state_dir)
+            log.info(
+                "lab up", broker=bus, services=len(lab.get("services", [])), state=str(state_dir)
+            )

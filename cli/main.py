@@ -195,11 +195,14 @@ def lab() -> None:
 def lab_up(lab_file: str | None, state: str | None) -> None:
     """Start the broker and every service of LAB.yaml (or the simulated example lab)."""
     from labctl import logs
-    from labctl.cli.lab_up import load_lab, run_lab
+    from labctl.cli.lab_up import load_lab, run_lab, state_dir_for
 
     logs.setup("lab")
-    lab_spec = load_lab(lab_file)  # a bad file fails here, before anything starts
-    run_until_signal(run_lab, lab_spec, state)
+    state_dir = state_dir_for(lab_file, state)
+    lab_spec = load_lab(
+        lab_file, state_dir / "run"
+    )  # a bad file fails here, before anything starts
+    run_until_signal(run_lab, lab_spec, state_dir)
 
 
 from . import commands as _commands  # noqa: E402,F401  (registers the client commands)

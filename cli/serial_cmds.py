@@ -45,11 +45,15 @@ def write_access(lab: Any, device: str, lease_id: str | None, need: bool = True)
 
 @serial.command("console")
 @click.argument("device_name")
-@click.option("--since", type=int, default=None, help="Replay the scrollback from this byte offset.")
+@click.option(
+    "--since", type=int, default=None, help="Replay the scrollback from this byte offset."
+)
 @click.option("--read-only", is_flag=True, help="Only watch; take no lease.")
 @lease_option
 @broker_option
-def console(device_name: str, since: int | None, read_only: bool, lease_id: str | None, broker: str | None) -> None:
+def console(
+    device_name: str, since: int | None, read_only: bool, lease_id: str | None, broker: str | None
+) -> None:
     """Attach this terminal to DEVICE's console. Escape: Ctrl-] then q (quit), b (break),
     p (power-cycle the power device of the same DUT in the same lease), ? (help)."""
     from labctl.errors import DeviceBusy
@@ -64,7 +68,9 @@ def console(device_name: str, since: int | None, read_only: bool, lease_id: str 
             ctx.__enter__()
         try:
             dev = lab.device(device_name, lease=held)
-            stream = dev.stream("console", write=held is not None, **({"since": since} if since is not None else {}))
+            stream = dev.stream(
+                "console", write=held is not None, **({"since": since} if since is not None else {})
+            )
             click.echo(f"[labctl] connected to {device_name}; Ctrl-] ? for help", err=True)
             _interact(lab, stream, dev, held)
         finally:
@@ -161,11 +167,15 @@ def _command(ch: bytes, lab: Any, dev: Any, held: Any) -> bool:
 
 @serial.command("log")
 @click.argument("device_name")
-@click.option("--since", type=int, default=None, help="Byte offset to start from (default: all kept).")
+@click.option(
+    "--since", type=int, default=None, help="Byte offset to start from (default: all kept)."
+)
 @click.option("--tail", type=int, default=None, help="Only the last N bytes.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
 @broker_option
-def log(device_name: str, since: int | None, tail: int | None, follow: bool, broker: str | None) -> None:
+def log(
+    device_name: str, since: int | None, tail: int | None, follow: bool, broker: str | None
+) -> None:
     """Print DEVICE's scrollback (absolute byte offsets), optionally following it."""
     out = sys.stdout.buffer
     with lab_from(broker) as lab:
@@ -208,9 +218,13 @@ def send(device_name: str, text: str, raw: bool, lease_id: str | None, broker: s
 @click.argument("device_name")
 @click.argument("pattern")
 @click.option("--timeout", type=float, default=60, show_default=True)
-@click.option("--since", type=int, default=None, help="Search from this offset (default: new output only).")
+@click.option(
+    "--since", type=int, default=None, help="Search from this offset (default: new output only)."
+)
 @broker_option
-def expect(device_name: str, pattern: str, timeout: float, since: int | None, broker: str | None) -> None:
+def expect(
+    device_name: str, pattern: str, timeout: float, since: int | None, broker: str | None
+) -> None:
     """Wait until PATTERN (a regex) appears on DEVICE's console: exit 0, or 1 on timeout."""
     import pexpect
 

@@ -18,6 +18,7 @@ DRIVERS: dict[str, dict[str, str]] = {
     },
     "serial": {
         "pyserial": "labctl.services.serial.driver:SerialConsole",
+        "mock": "labctl.services.serial.mock:MockSerial",
     },
 }
 
