@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class BrokerCalls:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.table = {
+        self.table: dict[str, Any] = {
             "hello": self.hello,
             "devices": self.devices,
             "device": self.device,

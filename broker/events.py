@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import zmq
+
 from labctl import protocol
 
 from .store import Store

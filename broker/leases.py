@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
+
 from labctl import protocol
 from labctl.errors import (
     BadRequest,

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 import trio
 import zmq
+
 from labctl import protocol
 from labctl.errors import (
     BadRequest,
@@ -64,7 +65,7 @@ class Pending:
 class Broker:
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.store = Store(settings.state)
         self.registry = Registry()
         self.pending: dict[int, Pending] = {}
@@ -86,12 +87,12 @@ class Broker:
         router.setsockopt(zmq.SNDHWM, 10000)
         router.setsockopt(zmq.RCVHWM, 10000)
         router.bind(self.settings.bus)
-        self.bus_endpoint = router.get(zmq.LAST_ENDPOINT).decode()
+        self.bus_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         xpub = self.ctx.socket(zmq.XPUB)
         xpub.setsockopt(zmq.LINGER, 0)
         xpub.setsockopt(zmq.SNDHWM, 100000)
         xpub.bind(self.settings.events)
-        self.events_endpoint = xpub.get(zmq.LAST_ENDPOINT).decode()
+        self.events_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.bus = TrioSocket(router)
         self.events = EventHub(xpub, self.store)
         for name, (health, reason) in self.store.load_health().items():
@@ -147,8 +148,8 @@ class Broker:
             self.send(ident, protocol.error_frames(err, msg.header.get("id")))
         except Exception as exc:  # a bug must not take the broker down
             log.exception("handler failed", type=msg.name)
-            err = LabError(f"broker internal error: {type(exc).__name__}: {exc}")
-            self.send(ident, protocol.error_frames(err, msg.header.get("id")))
+            bug = LabError(f"broker internal error: {type(exc).__name__}: {exc}")
+            self.send(ident, protocol.error_frames(bug, msg.header.get("id")))
 
     def send(self, ident: bytes, frames: list[Any], copy: bool = True) -> bool:
         """Send to one peer now; False if it is gone or full (never blocks, never raises).

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
+
 from labctl import protocol
 from labctl.errors import BadRequest, ProtocolError, StreamRefused
 from labctl.protocol import Message
@@ -149,16 +150,29 @@ class StreamRouter:
         credit = msg.header.get("credit", 0)
         if isinstance(credit, int) and credit > 0:
             route.to_service_credit += credit
-        reply = {"sid": route.sid, "writable": route.writable, "device": route.device, "stream": route.name}
-        self.broker.send(route.client, protocol.encode(protocol.REPLY, {"id": route.open_rid}, protocol.pack(reply)))
+        reply = {
+            "sid": route.sid,
+            "writable": route.writable,
+            "device": route.device,
+            "stream": route.name,
+        }
+        self.broker.send(
+            route.client,
+            protocol.encode(protocol.REPLY, {"id": route.open_rid}, protocol.pack(reply)),
+        )
         if credit:
-            self.broker.send(route.client, protocol.encode(protocol.STREAM_CREDIT, {"sid": route.sid, "credit": credit}))
+            self.broker.send(
+                route.client,
+                protocol.encode(protocol.STREAM_CREDIT, {"sid": route.sid, "credit": credit}),
+            )
 
     def close(self, route: Route, reason: str, both: bool = True) -> None:
         self.routes.pop(route.sid, None)
         frames = protocol.encode(protocol.STREAM_CLOSE, {"sid": route.sid, "reason": reason})
         if route.opening:
-            self.broker.send(route.client, protocol.error_frames(StreamRefused(reason), route.open_rid))
+            self.broker.send(
+                route.client, protocol.error_frames(StreamRefused(reason), route.open_rid)
+            )
         else:
             self.broker.send(route.client, frames)
         if both:

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 import trio
 import yaml
+
 from labctl.errors import ConfigError
 from labctl.services.config import load_yaml, parse_service_config
 

@@ -48,7 +48,7 @@ class BusClient:
     ) -> None:
         self.address = broker_address(address)
         self.timeout = timeout
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(self.address)
@@ -84,7 +84,7 @@ class BusClient:
         sock = self.sock
         while True:
             remaining = deadline - time.time()
-            if remaining <= 0 or not sock.poll(remaining * 1000, zmq.POLLIN):
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
                 raise self._timeout_error(
                     mtype, header, timeout if self._answered else CONNECT_TIMEOUT
                 )

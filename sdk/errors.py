@@ -158,15 +158,16 @@ class ServiceGone(LabError):
     exit_code = 4
 
 
-def _all_subclasses(cls: type) -> list[type]:
-    out = []
+def _all_subclasses(cls: type[LabError]) -> list[type[LabError]]:
+    out: list[type[LabError]] = []
     for sub in cls.__subclasses__():
         out.append(sub)
         out.extend(_all_subclasses(sub))
     return out
 
 
-BY_CODE: dict[str, type[LabError]] = {c.code: c for c in [LabError, *_all_subclasses(LabError)]}
+_CLASSES: list[type[LabError]] = [LabError, *_all_subclasses(LabError)]
+BY_CODE: dict[str, type[LabError]] = {c.code: c for c in _CLASSES}
 
 
 def from_wire(code: str, message: str, details: dict[str, Any] | None = None) -> LabError:

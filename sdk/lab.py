@@ -54,7 +54,9 @@ class Device:
         bound.__doc__ = self.methods[method].get("doc")
         return bound
 
-    def stream(self, name: str, write: bool | None = None, resume: float = 60.0, **args: Any) -> Any:
+    def stream(
+        self, name: str, write: bool | None = None, resume: float = 60.0, **args: Any
+    ) -> Any:
         """Open a byte stream (``console``, ``frames``, ``upload``) on this device.
 
         ``write`` defaults to whether this proxy holds a lease. If the broker restarts or
@@ -65,7 +67,9 @@ class Device:
 
         if write is None:
             write = self.lease_id is not None
-        return open_stream(self._lab, self.name, name, write=write, lease=self.lease_id, args=args, resume=resume)
+        return open_stream(
+            self._lab, self.name, name, write=write, lease=self.lease_id, args=args, resume=resume
+        )
 
     def console(
         self, since: int | None = None, write: bool | None = None, encoding: str | None = "utf-8"

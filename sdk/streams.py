@@ -16,7 +16,14 @@ import zmq
 
 from . import protocol
 from .client import BusClient
-from .errors import DeviceNotFound, DeviceOffline, LabError, ServiceGone, StreamClosed, StreamRefused
+from .errors import (
+    DeviceNotFound,
+    DeviceOffline,
+    LabError,
+    ServiceGone,
+    StreamClosed,
+    StreamRefused,
+)
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -28,7 +35,13 @@ RESUME_FOR = 60.0  # how long to keep trying to reopen after the broker went awa
 
 class ByteStream:
     def __init__(
-        self, lab: Lab, device: str, name: str, write: bool, lease: str | None, args: dict[str, Any],
+        self,
+        lab: Lab,
+        device: str,
+        name: str,
+        write: bool,
+        lease: str | None,
+        args: dict[str, Any],
         resume: float = RESUME_FOR,
     ) -> None:
         self.address = lab.address
@@ -71,7 +84,9 @@ class ByteStream:
                 return
             except (DeviceNotFound, DeviceOffline, ServiceGone, StreamRefused, LabError) as exc:
                 if time.monotonic() >= deadline or isinstance(exc, StreamClosed):
-                    raise StreamClosed(f"stream {self.device}/{self.name} lost ({why}) and could not reopen: {exc}") from None
+                    raise StreamClosed(
+                        f"stream {self.device}/{self.name} lost ({why}) and could not reopen: {exc}"
+                    ) from None
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -117,7 +132,9 @@ class ByteStream:
                     continue
         elif time.monotonic() - self._last_heard > PING_AFTER:
             # idle: ask the broker whether it still knows this stream (it answers only if not)
-            sock.send_multipart(protocol.encode(protocol.STREAM_CREDIT, {"sid": self.sid, "credit": 0}))
+            sock.send_multipart(
+                protocol.encode(protocol.STREAM_CREDIT, {"sid": self.sid, "credit": 0})
+            )
             self._last_heard = time.monotonic()
         if self._pending_resume is not None:
             why, self._pending_resume = self._pending_resume, None
@@ -127,7 +144,9 @@ class ByteStream:
         self._consumed += n
         if self._consumed >= WINDOW // 2 and self._client is not None:
             grant, self._consumed = self._consumed, 0
-            self._client.sock.send_multipart(protocol.encode(protocol.STREAM_CREDIT, {"sid": self.sid, "credit": grant}))
+            self._client.sock.send_multipart(
+                protocol.encode(protocol.STREAM_CREDIT, {"sid": self.sid, "credit": grant})
+            )
 
     # -- Transport API ------------------------------------------------------------------
     def read_some(self, timeout: float | None = None) -> bytes:
@@ -150,13 +169,18 @@ class ByteStream:
         view = memoryview(data)
         while view:
             if self.closed_reason is not None:
-                raise StreamClosed(f"{self.device}/{self.name} closed: {self.closed_reason}", {"reason": self.closed_reason})
+                raise StreamClosed(
+                    f"{self.device}/{self.name} closed: {self.closed_reason}",
+                    {"reason": self.closed_reason},
+                )
             if self._credit <= 0:
                 self._pump(1.0)
                 continue
             n = min(len(view), self._credit, 65536)
             assert self._client is not None
-            self._client.sock.send_multipart(protocol.encode(protocol.STREAM_DATA, {"sid": self.sid}, view[:n]), copy=n < 4096)
+            self._client.sock.send_multipart(
+                protocol.encode(protocol.STREAM_DATA, {"sid": self.sid}, view[:n]), copy=n < 4096
+            )
             self._credit -= n
             view = view[n:]
 
@@ -164,7 +188,11 @@ class ByteStream:
         if self._client is None:
             return
         if self.closed_reason is None:
-            self._client.sock.send_multipart(protocol.encode(protocol.STREAM_CLOSE, {"sid": self.sid, "reason": "closed by client"}))
+            self._client.sock.send_multipart(
+                protocol.encode(
+                    protocol.STREAM_CLOSE, {"sid": self.sid, "reason": "closed by client"}
+                )
+            )
             self.closed_reason = "closed by client"
         self._client.close()
         self._client = None
@@ -184,12 +212,20 @@ class ByteStream:
 
 
 def open_stream(
-    lab: Lab, device: str, name: str, write: bool, lease: str | None, args: dict[str, Any], resume: float = RESUME_FOR
+    lab: Lab,
+    device: str,
+    name: str,
+    write: bool,
+    lease: str | None,
+    args: dict[str, Any],
+    resume: float = RESUME_FOR,
 ) -> ByteStream:
     return ByteStream(lab, device, name, write, lease, args, resume)
 
 
-def open_console(lab: Lab, device: str, write: bool, lease: str | None, since: int | None, encoding: str | None) -> Any:
+def open_console(
+    lab: Lab, device: str, write: bool, lease: str | None, since: int | None, encoding: str | None
+) -> Any:
     from .console import Console
 
     args = {} if since is None else {"since": since}

@@ -56,6 +56,8 @@ class TrioSocket:
 
     def recv_nowait(self, copy: bool = True) -> list[Any] | None:
         """One message if one is ready, else None: lets a loop drain without waiting."""
+        if not self.sock.getsockopt(_EVENTS) & _POLLIN:
+            return None  # cheaper than provoking zmq.Again
         try:
             frames = self.sock.recv_multipart(_NOBLOCK, copy=copy)
         except zmq.Again:
@@ -64,12 +66,15 @@ class TrioSocket:
         return frames
 
     async def recv(self, copy: bool = True) -> list[Any]:
+        waited = False
         while True:
             frames = self.recv_nowait(copy)
             if frames is not None:
-                await trio.lowlevel.checkpoint()
+                if not waited:  # every trio blocking call must be a checkpoint
+                    await trio.lowlevel.checkpoint()
                 return frames
             await self._wait(_POLLIN)
+            waited = True
 
     def send_nowait(self, frames: list[Any], copy: bool = True) -> bool:
         """Send if possible now; False when the peer (or the socket) is full."""

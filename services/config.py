@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from labctl.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from labctl.errors import ConfigError
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5550"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"

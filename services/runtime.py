@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 import trio
 import zmq
+
 from labctl import __version__, protocol
 from labctl.errors import (
     BadArguments,

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
+
 from labctl import protocol
 
 WINDOW = 1 << 20  # bytes a service grants a writing client at a time

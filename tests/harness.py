@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from labctl.lab import Lab
 
 LABCTL = [sys.executable, "-m", "labctl.cli"]

@@ -7,6 +7,7 @@ import signal
 import msgpack
 import pytest
 import zmq
+
 from labctl import protocol
 from labctl.errors import (
     BadArguments,

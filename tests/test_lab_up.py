@@ -6,8 +6,10 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
+
 from labctl.lab import Lab
 
 from .harness import wait_until
@@ -45,7 +47,9 @@ def test_lab_up_starts_restarts_and_stops_everything(workdir) -> None:  # type: 
         wait_until(lambda: names() == ["pdu1.1", "pdu1.2", "plug"], 30, "the lab to come up")
         children = _children(up.pid)
         assert len(children) == 3  # broker + two services
-        plug_pid = next(p for p in children if "plug.yaml" in open(f"/proc/{p}/cmdline").read())
+        plug_pid = next(
+            p for p in children if "plug.yaml" in Path(f"/proc/{p}/cmdline").read_text()
+        )
         os.kill(plug_pid, signal.SIGKILL)
         wait_until(
             lambda: plug_pid not in _children(up.pid) and len(_children(up.pid)) == 3,
@@ -58,7 +62,7 @@ def test_lab_up_starts_restarts_and_stops_everything(workdir) -> None:  # type: 
         for pid in children:
             assert (
                 not os.path.exists(f"/proc/{pid}")
-                or "zombie" in open(f"/proc/{pid}/status").read().lower()
+                or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
             )
     finally:
         lab.close()

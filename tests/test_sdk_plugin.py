@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+
 from labctl.aio import AsyncLab
 from labctl.errors import DeviceBusy, NoMatch
 
@@ -71,8 +72,8 @@ def test_pytest_plugin_leases_per_marker_and_releases(
 
 
 def test_a_kind_the_lease_lacks_is_a_clear_error(lab1: LabHarness) -> None:
-    with lab1.lab().lease("name in (pdu1.1)") as lease:
-        with pytest.raises(
-            AttributeError, match=r"holds no 'serial' device \(it holds \['pdu1.1'\]\)"
-        ):
-            _ = lease.serial
+    with (
+        lab1.lab().lease("name in (pdu1.1)") as lease,
+        pytest.raises(AttributeError, match=r"holds no 'serial' device \(it holds \['pdu1.1'\]\)"),
+    ):
+        _ = lease.serial

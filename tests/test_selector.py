@@ -4,6 +4,7 @@ import runpy
 from pathlib import Path
 
 import pytest
+
 from labctl.errors import BadRequest, SelectorError
 from labctl.selector import Requirement, Selector, parse
 

@@ -52,7 +52,9 @@ def pty() -> Iterator[Pty]:
     p.close()
 
 
-def serial_service(name: str, url: str, dut: str = "rpi4-01", **config: object) -> dict[str, object]:
+def serial_service(
+    name: str, url: str, dut: str = "rpi4-01", **config: object
+) -> dict[str, object]:
     return {"service": name, "kind": "serial", "driver": "pyserial", "labels": {"dut": dut, "board": "rpi4"},
             "config": {"url": url, **config}}  # fmt: skip
 
@@ -126,7 +128,9 @@ def test_a_stalled_reader_slows_only_its_own_stream(serial_lab: LabHarness, pty:
     stalled.close()
 
 
-def test_readers_are_many_writer_needs_the_lease_and_is_cut_off_when_it_ends(serial_lab: LabHarness, pty: Pty) -> None:
+def test_readers_are_many_writer_needs_the_lease_and_is_cut_off_when_it_ends(
+    serial_lab: LabHarness, pty: Pty
+) -> None:
     a, b = serial_lab.lab(), serial_lab.lab()
     with pytest.raises(LeaseRequired):
         a.device("ser1").stream("console", write=True)
@@ -175,7 +179,12 @@ sys.stdin.read()
 
 
 def test_a_killed_client_frees_its_stream_on_the_service(serial_lab: LabHarness, pty: Pty) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", CLIENT, serial_lab.bus], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, serial_lab.bus],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
         lab = serial_lab.lab()
@@ -183,13 +192,17 @@ def test_a_killed_client_frees_its_stream_on_the_service(serial_lab: LabHarness,
         proc.kill()
         proc.wait()
         pty.write_all(b"x" * 4096)  # the broker learns the client is gone when it forwards
-        wait_until(lambda: lab.device("ser1").status()["streams"] == 0, 10, "the stream to be dropped")
+        wait_until(
+            lambda: lab.device("ser1").status()["streams"] == 0, 10, "the stream to be dropped"
+        )
     finally:
         proc.kill()
         proc.wait()
 
 
-def test_reader_resumes_at_its_offset_after_a_broker_restart(serial_lab: LabHarness, pty: Pty) -> None:
+def test_reader_resumes_at_its_offset_after_a_broker_restart(
+    serial_lab: LabHarness, pty: Pty
+) -> None:
     lab = serial_lab.lab()
     stream = lab.device("ser1").stream("console", since=0)
     lines = [f"line {i:05d}\n".encode() for i in range(3000)]

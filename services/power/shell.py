@@ -28,8 +28,9 @@ import subprocess
 from typing import Any
 
 import trio
-from labctl.errors import DriverError, NotSupported
 from pydantic import field_validator
+
+from labctl.errors import DriverError, NotSupported
 
 from ..driver import DriverConfig
 from .interface import PowerDriver

@@ -22,10 +22,11 @@ from typing import Any, Literal
 
 import structlog
 import trio
-from labctl.errors import DriverError
 from pydantic import field_validator, model_validator
 from pysnmp.hlapi.v3arch import asyncio as hlapi
 from pysnmp.proto import rfc1902, rfc1905
+
+from labctl.errors import DriverError
 
 from ..driver import DriverConfig
 from .asyncio_bridge import shared_loop

@@ -21,8 +21,9 @@ from typing import Any
 
 import structlog
 import trio
-from labctl.errors import DriverError, NotSupported
 from pydantic import model_validator
+
+from labctl.errors import DriverError, NotSupported
 
 from ..driver import DriverConfig
 from .interface import PowerDriver

@@ -27,8 +27,9 @@ import trio
 import usb.backend
 import usb.core
 import usb.util
-from labctl.errors import DriverError
 from pydantic import field_validator
+
+from labctl.errors import DriverError
 
 from ..driver import DriverConfig
 from .interface import PowerDriver

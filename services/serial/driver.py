@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 import serial
 import trio
-from labctl.errors import BadArguments, BadRequest, DeviceOffline, NotSupported
 from pydantic import Field, ValidationError, field_validator
+
+from labctl.errors import BadArguments, BadRequest, DeviceOffline, NotSupported
 
 from ..driver import Driver, DriverConfig
 from ..export import export

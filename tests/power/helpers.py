@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import trio
+
 from labctl.services.driver import DeviceContext, Driver
 
 D = TypeVar("D", bound=Driver)

@@ -11,6 +11,7 @@ from typing import Any
 import pydantic
 import pytest
 import trio
+
 from labctl.errors import DriverError, NotSupported
 from labctl.services.power.shell import ShellPower
 

@@ -7,6 +7,7 @@ from typing import Any
 import pydantic
 import pytest
 import trio
+
 from labctl.errors import DriverError
 from labctl.services.power.snmp import SnmpPower
 

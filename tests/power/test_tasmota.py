@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+
 from labctl.errors import DriverError, NotSupported
 from labctl.services.power.tasmota import TasmotaPower
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from labctl.errors import DriverError
 from labctl.services.power import ykush
 from labctl.services.power.ykush import YkushPower

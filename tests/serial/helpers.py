@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 import trio.testing
+
 from labctl.services.driver import DeviceContext
 from labctl.services.serial.driver import SerialConsole
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pexpect
 import pytest
+
 from labctl.console import Console, FdTransport
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from labctl.errors import BadArguments, BadRequest, NotSupported
 from pydantic import ValidationError
+
+from labctl.errors import BadArguments, BadRequest, NotSupported
 
 from .helpers import WAIT, MemoryStream, Pty, make_driver, running, trio_test
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+
 from labctl.errors import DeviceOffline
 
 from .helpers import WAIT, Pty, running, trio_test

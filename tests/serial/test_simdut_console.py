@@ -14,6 +14,7 @@ from typing import Any
 import pexpect
 import pytest
 import trio
+
 from labctl.console import Console, FdTransport
 
 from .helpers import WAIT, EventRecorder, MemoryStream, SimDut, make_driver
