@@ -103,12 +103,20 @@ def broker_argv(settings: dict[str, Any], state: str) -> list[str]:
     return argv
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if `lab up` is killed (even with -9), so is the child."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 async def supervise(name: str, argv: list[str], env: dict[str, str]) -> None:
     """Run ``argv`` forever: restart with backoff (0.5 s doubling to 30 s) when it exits."""
     backoff = 0.5
     while True:
         started = trio.current_time()
-        proc = await trio.lowlevel.open_process(argv, env=env)
+        proc = await trio.lowlevel.open_process(argv, env=env, preexec_fn=_die_with_parent)
         try:
             rc = await proc.wait()
         finally:

@@ -192,16 +192,21 @@ def lab() -> None:
 @lab.command("up")
 @click.argument("lab_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--state", default=None, help="Broker state directory.")
-def lab_up(lab_file: str | None, state: str | None) -> None:
+@click.option("--bus", default=None, help="Override the lab's bus address.")
+@click.option("--events", default=None, help="Override the lab's events address.")
+def lab_up(lab_file: str | None, state: str | None, bus: str | None, events: str | None) -> None:
     """Start the broker and every service of LAB.yaml (or the simulated example lab)."""
     from labctl import logs
     from labctl.cli.lab_up import load_lab, run_lab, state_dir_for
 
     logs.setup("lab")
     state_dir = state_dir_for(lab_file, state)
-    lab_spec = load_lab(
-        lab_file, state_dir / "run"
-    )  # a bad file fails here, before anything starts
+    # a bad file fails here, before anything starts
+    lab_spec = load_lab(lab_file, state_dir / "run")
+    broker_settings = lab_spec.setdefault("broker", {})
+    for key, value in (("bus", bus), ("events", events)):
+        if value:
+            broker_settings[key] = value
     run_until_signal(run_lab, lab_spec, state_dir)
 
 

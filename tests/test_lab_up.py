@@ -86,3 +86,35 @@ def test_lab_up_rejects_a_bad_lab_file_before_starting_anything(workdir) -> None
         timeout=30,
     )
     assert r.returncode == 2 and "services[0]: labelz: unknown field" in r.stderr
+
+
+def test_the_built_in_example_lab_boots_a_simulated_board(workdir) -> None:  # type: ignore[no-untyped-def]
+    bus = f"ipc://{workdir}/bus"
+    argv = [sys.executable, "-m", "labctl.cli", "lab", "up", "--bus", bus, "--events", f"ipc://{workdir}/ev",
+            "--state", str(workdir / "state")]  # fmt: skip
+    log = open(workdir / "lab.log", "wb")  # noqa: SIM115
+    up = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    lab = Lab(bus, timeout=5)
+    try:
+        expected = ["rpi4-01-console", "rpi4-01-power", "rpi4-02-console", "rpi4-02-power"]
+
+        def online() -> list[str]:
+            try:
+                return sorted(d["name"] for d in lab.devices("board=rpi4") if d["online"])
+            except Exception:
+                return []
+
+        wait_until(lambda: online() == expected, 30, "the example lab")
+        with lab.lease("dut=rpi4-02") as lease:
+            con = lease.serial.console()
+            lease.power.on()
+            con.expect("rpi4-02 login:", timeout=20)
+            con.close()
+        up.send_signal(signal.SIGINT)
+        assert up.wait(20) == 0
+    finally:
+        lab.close()
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        log.close()
