@@ -8,6 +8,7 @@ the stream again from that offset: nothing is lost or read twice.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -120,7 +121,7 @@ class ByteStream:
         assert self._client is not None
         sock = self._client.sock
         wait = PING_AFTER if timeout is None else min(timeout, PING_AFTER)
-        if sock.poll(int(wait * 1000), zmq.POLLIN):
+        if sock.poll(math.ceil(wait * 1000), zmq.POLLIN):
             while True:
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -155,10 +156,10 @@ class ByteStream:
         while not self._chunks:
             if self.closed_reason is not None:
                 return b""
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._pump(remaining)  # with 0, takes only what has already arrived
+            if not self._chunks and remaining == 0 and self.closed_reason is None:
                 raise TimeoutError(f"no data on {self.device}/{self.name} within {timeout}s")
-            self._pump(remaining)
         data = self._chunks.popleft()
         self._grant(len(data))
         return data
