@@ -4,7 +4,6 @@ send, expect."""
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pexpect
 import pytest
