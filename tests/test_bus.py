@@ -189,3 +189,14 @@ def test_bus_works_over_tcp_loopback(tcp_harness: LabHarness) -> None:
         lease.power.on()
         events.wait_for("device.tcppdu.2.status", lambda b: b["state"] == "on")
     assert sorted(d["name"] for d in lab.devices("site=lab1")) == ["tcppdu.1", "tcppdu.2"]
+
+
+def test_a_slow_call_times_out_and_the_late_reply_is_dropped(pdu: LabHarness) -> None:
+    from labctl.errors import Timeout
+
+    lab = pdu.lab()
+    with lab.lease("name=pdu1.3") as lease:
+        with pytest.raises(Timeout, match=r"pdu1.3.cycle: no reply within 0.3s"):
+            lease["pdu1.3"].cycle(wait=2.0, timeout=0.3)
+        assert lease["pdu1.3"].state(timeout=5) == "off"  # mid-cycle: off, then on
+        wait_until(lambda: lease["pdu1.3"].state() == "on", 5, "the cycle to finish")

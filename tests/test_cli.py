@@ -121,3 +121,25 @@ def test_bad_service_config_names_file_and_field(harness: LabHarness) -> None:
     path.write_text(yaml.safe_dump({"service": "p", "kind": "power", "driver": "snmpp"}))
     r = harness.run_cli("service", "run", str(path))
     assert r.returncode == 2 and "unknown power driver 'snmpp'" in r.stderr
+
+
+def test_events_follow_prints_new_events_as_they_happen(lab1: LabHarness) -> None:
+    import subprocess
+
+    from .harness import LABCTL
+
+    follow = subprocess.Popen([*LABCTL, "events", "-f", "--topic", "device.pdu1.1.status", "-o", "json"],
+                              env=lab1.env, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert follow.stdout is not None
+        lab = lab1.lab()
+        with lab.event_stream("device.pdu1.1.status") as events:
+            # the follower subscribed once it prints; switch until it has seen a change
+            for state in ("on", "off", "on", "off", "on"):
+                lab1.run_cli("power", state, "pdu1.1")
+                events.wait_for("device.pdu1.1.status", lambda b, s=state: b["state"] == s)
+        line = json.loads(follow.stdout.readline())
+        assert line["topic"] == "device.pdu1.1.status" and line["body"]["state"] in ("on", "off")
+    finally:
+        follow.kill()
+        follow.wait()
