@@ -96,8 +96,16 @@ class BrokerCalls:
         return self.broker.store.audit_rows(int(limit))
 
     # -- leases -------------------------------------------------------------------------
-    def lease_acquire(self, ident: bytes, rid: Any, **args: Any) -> Any:
-        result = self.broker.leases.acquire(ident, rid, args)
+    def lease_acquire(
+        self,
+        ident: bytes,
+        rid: Any,
+        selector: str,
+        duration: Any = 1800.0,
+        wait: Any = 0.0,
+        holder: str = "anonymous",
+    ) -> Any:
+        result = self.broker.leases.acquire(ident, rid, selector, duration, wait, holder)
         return _LATER if result is None else result
 
     def lease_release(

@@ -5,7 +5,8 @@ by default; a device without it is a group of one) or nothing. Requests that can
 served wait in FIFO order: on each change the queue is walked front to back and each
 waiter takes the first free group it matches, so an earlier request always gets first
 pick. Granted leases are written to SQLite before the grant is sent, so ``kill -9`` of the
-broker loses none; queued requests are not persisted (the SDK re-queues them).
+broker loses none. Queued requests are not persisted: after a broker restart their
+callers get no answer and their ``lease()`` call times out (PROTOCOL.md §8).
 """
 
 from __future__ import annotations
@@ -76,7 +77,12 @@ class LeaseTable:
         self.leases: dict[str, Lease] = {}
         self.queue: list[Waiter] = []
         self.remembered_health: dict[str, tuple[str, str]] = {}
+        #: devices whose lease ended while they were offline: reset them when they return
+        self.owed_reset: set[str] = set()
         self._changed = trio.Event()
+        self._poking = False
+        self._poke_again = False
+        self._queued_count = 0
 
     # -- persistence --------------------------------------------------------------------
     def load(self) -> None:
@@ -92,6 +98,10 @@ class LeaseTable:
         for lease in self.leases.values():
             if dev.name in lease.devices:
                 dev.lease = lease.id
+        if dev.name in self.owed_reset and dev.lease is None:
+            self.owed_reset.discard(dev.name)
+            if dev.on_release == "reset":
+                self._reset(dev)
         if dev.name in self.remembered_health:
             dev.health, dev.health_reason = self.remembered_health[dev.name]
 
@@ -116,13 +126,21 @@ class LeaseTable:
         return lease.holder if lease else None
 
     # -- acquire ------------------------------------------------------------------------
-    def acquire(self, ident: bytes, rid: Any, args: dict[str, Any]) -> dict[str, Any] | None:
+    def acquire(
+        self,
+        ident: bytes,
+        rid: Any,
+        selector: str,
+        duration: Any = 1800.0,
+        wait: Any = 0.0,
+        holder: str = "anonymous",
+    ) -> dict[str, Any] | None:
         """Grant now (returns the lease), queue (returns None, replies later) or raise."""
-        selector = str(args.get("selector", ""))
+        selector = str(selector)
         sel = parse(selector)
-        duration = _positive(args.get("duration", 1800.0), "duration")
-        wait = float(args.get("wait", 0.0) or 0.0)
-        holder = str(args.get("holder") or "anonymous")
+        duration = _positive(duration, "duration")
+        wait = _positive(wait, "wait", zero_ok=True)
+        holder = str(holder or "anonymous")
         matched = self.broker.registry.query(sel)
         if not matched:
             raise NoMatch(f"no device matches selector {selector!r}", {"selector": selector})
@@ -135,8 +153,9 @@ class LeaseTable:
         self.queue.append(waiter)
         position = len(self.queue)
         self._progress(waiter, position)
+        self._queued_count += 1  # requests have no lease id yet: a broker-wide number
         self.broker.publish(
-            f"lease.request.{rid}.queued",
+            f"lease.q{self._queued_count}.queued",
             {"selector": selector, "position": position, "holder": holder},
         )
         self._changed.set()
@@ -199,10 +218,32 @@ class LeaseTable:
             w.deadline = 0  # the requester is gone; drop it on the next pass
 
     def poke(self) -> None:
-        """Something changed (release, registration, health): serve the queue."""
-        if not self.queue:
+        """Something changed (release, registration, health): serve the queue.
+
+        Re-entrant calls (ending a lease whose grant could not be delivered pokes again)
+        only mark another pass, so the queue is walked by one loop, never recursively.
+        """
+        if self._poking:
+            self._poke_again = True
             return
+        self._poking = True
+        try:
+            while True:
+                self._poke_again = False
+                for lease_id in self._serve_queue():
+                    # granted to a requester that is gone: give it back untouched
+                    self.end(lease_id, "holder-lost", reset=False)
+                if not self._poke_again:
+                    break
+        finally:
+            self._poking = False
+
+    def _serve_queue(self) -> list[str]:
+        """One FIFO pass; returns leases granted to requesters that could not be told."""
+        if not self.queue:
+            return []
         still: list[Waiter] = []
+        undelivered: list[str] = []
         now = time.time()
         for w in self.queue:
             if w.deadline <= now:
@@ -217,12 +258,13 @@ class LeaseTable:
                 protocol.REPLY, {"id": w.rid}, protocol.pack(self._describe(lease))
             )
             if not self.broker.send(w.ident, reply):
-                self.end(lease.id, "holder-lost", reset=True)
+                undelivered.append(lease.id)
         changed = len(still) != len(self.queue)
         self.queue = still
         if changed:
             for i, w in enumerate(self.queue, 1):
                 self._progress(w, i)
+        return undelivered
 
     def _expire_waiter(self, w: Waiter) -> None:
         if w.deadline == 0:
@@ -262,11 +304,18 @@ class LeaseTable:
         self.broker.store.audit(who, "lease.ended", lease_id, f"{reason} {why}".strip())
         for name in lease.devices:
             dev = self.broker.registry.devices.get(name)
-            if dev is None or dev.lease != lease_id:
+            if dev is None:  # not registered since a broker restart: reset it when it is
+                if reset:
+                    self.owed_reset.add(name)
+                continue
+            if dev.lease != lease_id:
                 continue
             dev.lease = None
-            if reset and dev.on_release == "reset" and dev.service_alive:
-                self._reset(dev)
+            if reset and dev.on_release == "reset":
+                if dev.service_alive:
+                    self._reset(dev)
+                else:
+                    self.owed_reset.add(name)
         self.broker.streams.lease_ended(lease_id)
         self.broker.publish(
             f"lease.{lease_id}.ended", {"reason": reason, "devices": lease.devices, "why": why}
@@ -334,11 +383,11 @@ class LeaseTable:
         }
 
 
-def _positive(value: Any, what: str) -> float:
+def _positive(value: Any, what: str, zero_ok: bool = False) -> float:
     try:
-        v = float(value)
+        v = float(value or 0)
     except (TypeError, ValueError):
         raise BadRequest(f"{what} must be a number of seconds, not {value!r}") from None
-    if v <= 0:
+    if v < 0 or (v == 0 and not zero_ok):
         raise BadRequest(f"{what} must be positive, not {v}")
     return v

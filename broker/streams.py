@@ -9,13 +9,14 @@ its credit is cut off.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 
 from labctl import protocol
-from labctl.errors import BadRequest, ProtocolError, StreamRefused
+from labctl.errors import ProtocolError, StreamRefused
 from labctl.protocol import Message
 
 if TYPE_CHECKING:
@@ -43,7 +44,9 @@ class StreamRouter:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.routes: dict[int, Route] = {}
-        self._next_sid = 0
+        # Ids start at a random point each broker run, so a client resuming after a
+        # restart never collides with a stream some other client opened meanwhile.
+        self._next_sid = secrets.randbelow(1 << 40)
 
     def handle(self, ident: bytes, msg: Message) -> None:
         if msg.mtype == protocol.STREAM_OPEN and "sid" not in msg.header:
@@ -59,7 +62,10 @@ class StreamRouter:
             return
         from_client = ident == route.client
         if not from_client and ident != route.service:
-            raise BadRequest(f"stream {sid} does not belong to this peer")
+            # not this peer's stream: to it, the stream is unknown (it may be resuming)
+            hdr = {"sid": sid, "reason": "unknown stream", "unknown": True}
+            self.broker.send(ident, protocol.encode(protocol.STREAM_CLOSE, hdr))
+            return
         if route.opening:
             if from_client:
                 return  # nothing may flow before the service accepted
@@ -70,6 +76,8 @@ class StreamRouter:
                 err = StreamRefused(str(msg.header.get("reason", "refused by the service")))
                 self.broker.send(route.client, protocol.error_frames(err, route.open_rid))
             return
+        if msg.mtype == protocol.STREAM_OPEN:
+            raise ProtocolError(f"stream {sid} is already open")
         other = route.service if from_client else route.client
         if msg.mtype == protocol.STREAM_DATA:
             size = sum(len(f) for f in msg.payload)

@@ -24,6 +24,7 @@ from .errors import (
     ServiceGone,
     StreamClosed,
     StreamRefused,
+    Timeout,
 )
 
 if TYPE_CHECKING:
@@ -83,19 +84,23 @@ class ByteStream:
             try:
                 self._open()
                 return
-            except (DeviceNotFound, DeviceOffline, ServiceGone, StreamRefused, LabError) as exc:
-                if time.monotonic() >= deadline or isinstance(exc, StreamClosed):
-                    raise StreamClosed(
-                        f"stream {self.device}/{self.name} lost ({why}) and could not reopen: {exc}"
-                    ) from None
+            except (DeviceNotFound, DeviceOffline, ServiceGone, StreamRefused, Timeout) as exc:
+                if time.monotonic() >= deadline:
+                    raise self._lost(why, exc) from None
+            except LabError as exc:  # lease-required, device-busy, ...: retrying cannot help
+                raise self._lost(why, exc) from None
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _lost(self, why: str, exc: Exception) -> StreamClosed:
+        self.closed_reason = f"lost ({why}) and could not reopen: {exc}"
+        return StreamClosed(f"stream {self.device}/{self.name} {self.closed_reason}")
 
     # -- incoming -----------------------------------------------------------------------
     def _on_message(self, msg: protocol.Message) -> None:
         h = msg.header
-        if h.get("sid") != self.sid:
-            return
+        if h.get("sid") != self.sid or self.closed_reason is not None:
+            return  # another stream's, or late traffic after we closed: nothing to resume
         self._last_heard = time.monotonic()
         if msg.mtype == protocol.STREAM_DATA:
             data = b"".join(bytes(f) for f in msg.payload)

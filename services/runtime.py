@@ -217,7 +217,7 @@ class ServiceRuntime:
         if t == protocol.REQUEST:
             self._dispatch(msg, nursery)
         elif t == protocol.STREAM_DATA or t == protocol.STREAM_CREDIT or t == protocol.STREAM_CLOSE:
-            self._stream_message(msg)
+            self._stream_message(msg, nursery)
         elif t == protocol.STREAM_OPEN:
             self._open_stream(msg, nursery)
         elif t == protocol.WELCOME:
@@ -344,7 +344,7 @@ class ServiceRuntime:
             with trio.move_on_after(1):
                 await end.close(reason)
 
-    def _stream_message(self, msg: Message) -> None:
+    def _stream_message(self, msg: Message, nursery: trio.Nursery) -> None:
         sid = msg.header.get("sid")
         end = self.streams.get(sid)  # type: ignore[arg-type]
         if end is None:
@@ -363,4 +363,11 @@ class ServiceRuntime:
             end.add_credit(int(msg.header.get("credit", 0)))
         else:
             end.remote_closed()
-            end.scope.cancel()
+            nursery.start_soon(self._finish_stream, end)
+
+    @staticmethod
+    async def _finish_stream(end: BusStreamEnd) -> None:
+        """Let the driver take what the client wrote before it closed, then end the task."""
+        with trio.move_on_after(2):
+            await end.drained.wait()
+        end.scope.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,10 +30,12 @@ class BusStreamEnd:
         self._credit = credit
         self._credit_changed = trio.Event()
         self._send = send  # async callable taking frames
-        self._inbox_send, self._inbox = trio.open_memory_channel[bytes](64)
+        # unbounded by count: byte credit (WINDOW) already bounds what a client can send
+        self._inbox_send, self._inbox = trio.open_memory_channel[bytes](math.inf)
         self._granted_unused = 0
         self.closed = False
         self.scope = trio.CancelScope()
+        self.drained = trio.Event()  # set once every byte the client wrote was taken
 
     async def start(self) -> None:
         """Tell the broker the device has the stream (it answers the client then)."""
@@ -41,6 +44,8 @@ class BusStreamEnd:
 
     # -- device -> client ---------------------------------------------------------------
     async def send(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError("stream closed")
         view = memoryview(data)
         header = {"sid": self.sid}
         while view:
@@ -72,7 +77,11 @@ class BusStreamEnd:
         return True
 
     async def receive(self) -> bytes:
-        data = await self._inbox.receive()
+        try:
+            data = await self._inbox.receive()
+        except trio.EndOfChannel:
+            self.drained.set()
+            raise
         self._granted_unused += len(data)
         if self._granted_unused >= WINDOW // 2:
             n, self._granted_unused = self._granted_unused, 0
@@ -84,8 +93,11 @@ class BusStreamEnd:
 
     # -- ending -------------------------------------------------------------------------
     def remote_closed(self) -> None:
+        """The client closed: no more output; input already sent is still delivered."""
         self.closed = True
         self._inbox_send.close()
+        if self._inbox.statistics().current_buffer_used == 0:
+            self.drained.set()
         self._credit_changed.set()
 
     async def close(self, reason: str = "") -> None:

@@ -20,7 +20,7 @@ from labctl.errors import (
     WaitTimeout,
 )
 
-from .harness import LabHarness, power_service, wait_until
+from .harness import LABCTL, LabHarness, power_service, wait_until
 
 
 def dut_services(h: LabHarness, duts: list[str]) -> None:
@@ -246,3 +246,24 @@ def test_three_device_group_is_all_or_nothing(harness: LabHarness) -> None:
         assert all(d["lease"] is None for d in lab.devices("dut=b1,name!=usb.1"))
     with lab.lease("dut=b1") as lease:
         assert lease.devices == ["b1-aux", "b1-power", "usb.1"]
+
+
+def test_a_vanished_waiter_does_not_take_the_group_or_the_broker_down(lab2: LabHarness) -> None:
+    lab = lab2.lab()
+    held = lab.lease("dut=rpi4-01")
+    waiter = subprocess.Popen([*LABCTL, "lease", "acquire", "dut=rpi4-01", "--wait", "60s"], env=lab2.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until(lambda: len(lab.client.call("lease.list")["queue"]) == 1, 10, "the waiter to queue")
+        waiter.kill()
+        waiter.wait()
+        with lab.event_stream("lease.*") as events:
+            held.release()
+            events.wait_for("lease.*.ended", lambda b: b["reason"] == "holder-lost", timeout=10)
+        assert lab2.broker is not None and lab2.broker.alive()
+        assert lab.client.call("lease.list") == {"leases": [], "queue": []}
+        with lab.lease("dut=rpi4-01") as again:
+            assert again.devices == ["rpi4-01-aux", "rpi4-01-power"]
+    finally:
+        waiter.kill()
+        waiter.wait()

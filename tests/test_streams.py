@@ -271,3 +271,19 @@ def test_port_unplugged_and_back_is_published(harness: LabHarness) -> None:
     finally:
         sim.terminate()
         sim.wait(10)
+
+
+def test_many_tiny_writes_within_credit_and_a_close_that_stays_closed(serial_lab: LabHarness, pty: Pty) -> None:
+    lab = serial_lab.lab()
+    with lab.lease("dut=rpi4-01") as lease:
+        stream = lease.serial.stream("console")
+        for _ in range(500):
+            stream.write(b"k")
+        assert pty.read_exactly(500) == b"k" * 500
+        for _ in range(50):
+            stream.write(b"z")
+        stream.close()  # with writes still in flight
+        assert pty.read_exactly(50) == b"z" * 50
+        wait_until(lambda: lab.device("ser1").status()["streams"] == 0, 5, "the stream to end")
+        pty.write_all(b"after close\n")
+        assert lab.device("ser1").status()["streams"] == 0  # nothing reopened behind our back

@@ -7,6 +7,7 @@ written once here so every driver behaves the same.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import trio
@@ -23,6 +24,14 @@ class PowerDriver(Driver):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last: bool | None = None
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Read the state once in the background so listings show it from the start."""
+        nursery.start_soon(self._first_state)
+
+    async def _first_state(self) -> None:
+        with contextlib.suppress(Exception):  # unreachable hardware: the first call reports it
+            await self.state()
 
     # -- primitives a driver implements -------------------------------------------------
     async def set_power(self, on: bool) -> None:

@@ -244,7 +244,9 @@ class SnmpPower(PowerDriver):
 
     async def start(self, nursery: trio.Nursery) -> None:
         if self.config.poll_interval > 0:
-            nursery.start_soon(self._poll)
+            nursery.start_soon(self._poll)  # the first poll publishes the state
+        else:
+            await super().start(nursery)
 
     async def set_power(self, on: bool) -> None:
         value = self._tpl.on_value if on else self._tpl.off_value
