@@ -6,7 +6,6 @@ returns a msgpack-able result, or ``None`` when the reply comes later (a queued 
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -75,12 +74,11 @@ class BrokerCalls:
         self, ident: bytes, rid: Any, since: float = 3600.0, topic: str = "*", limit: int = 1000
     ) -> list[dict[str, Any]]:
         """Journal rows newer than ``since`` seconds ago whose topic matches the glob."""
-        rows = self.broker.store.events_since(time.time() - float(since), int(limit) * 4)
-        out = []
-        for seq, ts, t, body in rows:
-            if fnmatch.fnmatchcase(t, topic):
-                out.append({"seq": seq, "ts": ts, "topic": t, "body": protocol.unpack(body)})
-        return out[-int(limit) :]
+        rows = self.broker.store.events_since(time.time() - float(since), str(topic), int(limit))
+        return [
+            {"seq": seq, "ts": ts, "topic": t, "body": protocol.unpack(body)}
+            for seq, ts, t, body in rows
+        ]
 
     def sync(self, ident: bytes, rid: Any, token: str) -> bool:
         """Publish ``sync.<token>`` (not journaled) so a subscriber knows it is connected."""

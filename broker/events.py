@@ -23,7 +23,8 @@ class EventHub:
     def __init__(self, sock: zmq.Socket, store: Store) -> None:
         self.sock = sock
         self.store = store
-        self.seq = store.last_seq()
+        self.seq = max(store.last_seq(), store.seq_ceiling())
+        self.ceiling = store.reserve_seq(self.seq)
 
     def publish_raw(self, topic: str, body: Any, journal: bool = True) -> int:
         """Publish a body that is already msgpack (bytes or a zmq.Frame)."""
@@ -33,6 +34,8 @@ class EventHub:
                 self.sock.send_multipart([topic.encode(), meta, body], zmq.NOBLOCK)
             return 0
         self.seq += 1
+        if self.seq >= self.ceiling:
+            self.ceiling = self.store.reserve_seq(self.seq)
         ts = time.time()
         raw = body.bytes if hasattr(body, "bytes") else bytes(body)
         meta = protocol.pack({"seq": self.seq, "ts": ts, "topic": topic})

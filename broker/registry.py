@@ -79,8 +79,13 @@ class Registry:
         self.devices: dict[str, Device] = {}
         self.services: dict[bytes, Service] = {}
 
-    def register(self, ident: bytes, header: dict[str, Any]) -> tuple[Service, list[Device]]:
-        """Add a service and its devices; DuplicateName if a live holder has a name."""
+    def register(
+        self, ident: bytes, header: dict[str, Any]
+    ) -> tuple[Service, list[Device], list[Device]]:
+        """Add a service and its devices; DuplicateName if a live holder has a name.
+
+        Returns the service, its devices, and devices it registered before but not now.
+        """
         try:
             svc_name = str(header["service"])
             entries = list(header["devices"])
@@ -117,8 +122,7 @@ class Registry:
                 )
             )
         old = self.services.pop(ident, None)
-        if old is not None:
-            self._forget_devices(old, keep={d.name for d in parsed})
+        dropped = self._forget_devices(old, keep={d.name for d in parsed}) if old else []
         svc = Service(
             ident=ident,
             name=svc_name,
@@ -134,13 +138,17 @@ class Registry:
                 dev.health, dev.health_reason = previous.health, previous.health_reason
                 dev.lease, dev.status = previous.lease, previous.status
             self.devices[dev.name] = dev
-        return svc, parsed
+        return svc, parsed, dropped
 
-    def _forget_devices(self, svc: Service, keep: set[str]) -> None:
+    def _forget_devices(self, svc: Service, keep: set[str]) -> list[Device]:
+        """Devices a re-registering service no longer lists: offline from now on."""
+        dropped = []
         for name in svc.devices:
             dev = self.devices.get(name)
             if dev is not None and dev.ident == svc.ident and name not in keep:
                 dev.service_alive = False
+                dropped.append(dev)
+        return dropped
 
     def service_lost(self, ident: bytes) -> list[Device]:
         """Mark a service gone; its devices stay known but offline. Returns them."""

@@ -78,6 +78,7 @@ class Broker:
         self.streams = StreamRouter(self)
         self.calls = BrokerCalls(self)
         self.started = time.time()
+        self._pruned = 0.0
 
     # -- life cycle ---------------------------------------------------------------------
     def bind(self) -> None:
@@ -134,7 +135,7 @@ class Broker:
             msg = protocol.decode(frames[1:], self.settings.max_payload)
         except ProtocolError as err:
             log.warning("bad message", peer=ident.hex(), error=err.message)
-            self.send(ident, protocol.error_frames(err))
+            self.send(ident, protocol.error_frames(err, err.details.pop("id", None)))
             return
         svc = self.registry.services.get(ident)
         if svc is not None:
@@ -168,7 +169,12 @@ class Broker:
 
     # -- registration and liveness ------------------------------------------------------
     def _on_register(self, ident: bytes, msg: Message) -> None:
-        svc, devices = self.registry.register(ident, msg.header)
+        svc, devices, dropped = self.registry.register(ident, msg.header)
+        for dev in dropped:
+            self.publish(
+                f"device.{dev.name}.online",
+                {"online": False, "reason": "no longer registered by its service"},
+            )
         for dev in devices:
             self.leases.device_registered(dev)
         self.send(ident, protocol.encode(protocol.WELCOME, self.welcome()))
@@ -221,12 +227,15 @@ class Broker:
                     self._service_lost(ident, "heartbeat timeout")
                 else:
                     self.send(ident, hb)
-            wall = time.time()
             for rid, p in list(self.pending.items()):
-                if p.deadline < wall - 1.0:
+                if p.deadline < now - 1.0:  # the caller gave up: forget the route
                     del self.pending[rid]
+            wall = time.time()
             self.leases.tick()
             self.store.flush()
+            if wall - self._pruned > 3600:
+                self._pruned = wall
+                self.store.prune()
 
     # -- RPC routing --------------------------------------------------------------------
     def device_for(self, header: dict[str, Any]) -> Device:
@@ -253,10 +262,19 @@ class Broker:
             raise DeviceOffline(f"device {dev.name!r} is offline ({dev._offline_reason()})")
         if spec.get("mutating"):
             self.leases.check_access(dev, h.get("lease"), f"call {method}")
-        deadline = float(h.get("deadline") or time.time() + protocol.DEFAULT_TIMEOUT)
+        timeout = h.get("timeout")
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            timeout = protocol.DEFAULT_TIMEOUT
+        deadline = time.monotonic() + timeout  # relative on the wire: no clock skew matters
         self._next_rid += 1
         rid = self._next_rid
-        fwd = {"id": rid, "device": dev.name, "method": method, "lease": h.get("lease")}
+        fwd = {
+            "id": rid,
+            "device": dev.name,
+            "method": method,
+            "lease": h.get("lease"),
+            "timeout": timeout,
+        }
         if self.send(dev.ident, protocol.encode(protocol.REQUEST, fwd, *msg.payload)):
             self.pending[rid] = Pending(ident, h.get("id"), dev.ident, deadline)
         else:
@@ -292,9 +310,14 @@ class Broker:
                 raise BadRequest("status body is not msgpack") from None
             dev.status_ts = time.time()
         elif what == "online":
-            body = protocol.unpack(msg.payload[0])
-            dev.reachable = bool(body.get("online")) if isinstance(body, dict) else False
-            dev.reachable_reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
+            try:
+                body = protocol.unpack(msg.payload[0])
+            except Exception:
+                raise BadRequest("online body is not msgpack") from None
+            if not isinstance(body, dict):
+                raise BadRequest("online body must be a map {online, reason}")
+            dev.reachable = bool(body.get("online"))
+            dev.reachable_reason = str(body.get("reason", ""))
             self.leases.poke()
         self.events_hub.publish_raw(topic, msg.payload[0])
 

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, who TEXT NOT NULL,
     action TEXT NOT NULL, target TEXT NOT NULL, why TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS health (
     device TEXT PRIMARY KEY, health TEXT NOT NULL, reason TEXT NOT NULL DEFAULT ''
 );
@@ -64,13 +65,38 @@ class Store:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO events VALUES (?,?,?,?)", rows)
 
-    def events_since(self, since_ts: float, limit: int) -> list[tuple[int, float, str, bytes]]:
+    def events_since(
+        self, since_ts: float, topic_glob: str, limit: int
+    ) -> list[tuple[int, float, str, bytes]]:
+        """The newest ``limit`` events since ``since_ts`` whose topic matches, oldest first.
+
+        SQLite's GLOB has the same ``*``, ``?`` and ``[...]`` as the topic patterns.
+        """
         self.flush()
         cur = self.db.execute(
-            "SELECT seq, ts, topic, body FROM events WHERE ts >= ? ORDER BY seq LIMIT ?",
-            (since_ts, limit),
+            "SELECT seq, ts, topic, body FROM events WHERE ts >= ? AND topic GLOB ? "
+            "ORDER BY seq DESC LIMIT ?",
+            (since_ts, topic_glob, limit),
         )
-        return list(cur)
+        return list(cur)[::-1]
+
+    # -- sequence numbers ---------------------------------------------------------------
+    SEQ_BLOCK = 100_000
+
+    def reserve_seq(self, current: int) -> int:
+        """Persist a ceiling above ``current`` and return it.
+
+        Events reach SQLite in batches, so after ``kill -9`` the journal may lack the last
+        few; restarting from the reserved ceiling (not the last saved seq) keeps sequence
+        numbers increasing for subscribers that stayed connected.
+        """
+        ceiling = current + self.SEQ_BLOCK
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_ceiling', ?)", (ceiling,))
+        return ceiling
+
+    def seq_ceiling(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'seq_ceiling'").fetchone()
+        return int(row[0]) if row else 0
 
     def prune(self) -> None:
         self.db.execute("DELETE FROM events WHERE ts < ?", (time.time() - self.retention,))

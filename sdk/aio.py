@@ -10,7 +10,6 @@ by request id; lease keepalives run in the same nursery.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -147,9 +146,7 @@ class AsyncLab:
         self._pending[rid] = send
         try:
             await self.sock.send(
-                protocol.encode(
-                    mtype, {**header, "id": rid, "deadline": time.time() + timeout}, *payload
-                )
+                protocol.encode(mtype, {**header, "id": rid, "timeout": timeout}, *payload)
             )
             with trio.move_on_after(timeout):
                 while True:

@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 
 from . import protocol
-from .errors import BrokerUnreachable, ProtocolError, Timeout, from_wire
+from .errors import BadArguments, BrokerUnreachable, ProtocolError, Timeout, from_wire
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5550"
 #: how long the first request waits before calling the broker unreachable
@@ -75,11 +75,17 @@ class BusClient:
         timeout = self.timeout if timeout is None else timeout
         rid = self._new_id()
         full_deadline = time.time() + timeout
-        header = {**header, "id": rid, "deadline": full_deadline}
+        header = {**header, "id": rid, "timeout": timeout}
         # until the broker has answered once, give up early: it is probably not there
         deadline = (
             full_deadline if self._answered else min(full_deadline, time.time() + CONNECT_TIMEOUT)
         )
+        for frame in payload or ():
+            if len(frame) > protocol.MAX_PAYLOAD:
+                raise BadArguments(
+                    f"arguments of {len(frame)} bytes exceed the {protocol.MAX_PAYLOAD}-byte "
+                    "limit of one message; use a stream for bulk data"
+                )
         self.sock.send_multipart(protocol.encode(mtype, header, *(payload or [])))
         sock = self.sock
         while True:

@@ -117,16 +117,20 @@ def decode(frames: list[Any], max_payload: int = MAX_PAYLOAD) -> Message:
     raw_header = _raw(frames[2])
     if len(raw_header) > MAX_HEADER:
         raise ProtocolError(f"header of {len(raw_header)} bytes exceeds {MAX_HEADER}")
-    payload = frames[3:]
-    for frame in payload:
-        if len(_raw(frame)) > max_payload:
-            raise ProtocolError(f"payload frame exceeds {max_payload} bytes")
     try:
-        header = unpack(raw_header)
+        header = unpack(raw_header)  # at most MAX_HEADER bytes: safe to decode
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"header is not valid msgpack: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a msgpack map")
+    payload = frames[3:]
+    for frame in payload:
+        if len(_raw(frame)) > max_payload:
+            # the header is fine, so the error can name the request it answers
+            raise ProtocolError(
+                f"payload frame of {len(_raw(frame))} bytes exceeds the limit of {max_payload}",
+                {"id": header.get("id")},
+            )
     return Message(mtype, header, payload, frames[2])
 
 

@@ -9,6 +9,7 @@ end the process.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import inspect
 import os
@@ -85,6 +86,7 @@ class ServiceRuntime:
         self._last_status: dict[str, bytes] = {}
         self._online: dict[str, dict[str, Any]] = {}
         self._nursery: trio.Nursery | None = None
+        self._backoff = 0.1
 
     # -- what drivers call --------------------------------------------------------------
     def publish(self, topic: str, body: Any) -> None:
@@ -118,16 +120,15 @@ class ServiceRuntime:
             for drv in self.drivers.values():
                 await drv.start(nursery)
             task_status.started(self)
-            backoff = 0.1
+            self._backoff = 0.1
             while True:
                 try:
                     await self._session()
-                    backoff = 0.1
                 except* BrokerLost as group:
                     reason = "; ".join(str(e) for e in group.exceptions)
                     log.warning("broker lost; reconnecting", reason=reason, broker=self.address)
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, self.heartbeat)
+                await trio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, self.heartbeat)
 
     async def aclose(self) -> None:
         if self.sock is not None and self.registered.is_set():
@@ -235,6 +236,7 @@ class ServiceRuntime:
         self.heartbeat = float(header.get("heartbeat", self.heartbeat))
         self.liveness = int(header.get("liveness", self.liveness))
         self.registered.set()
+        self._backoff = 0.1  # a healthy session: the next loss retries quickly again
         log.info("registered", broker=self.address, devices=list(self.drivers))
         for topic, raw in self._last_status.items():  # the new broker has no status cache yet
             self._send_now(protocol.encode(protocol.EVENT, {"topic": topic}, raw))
@@ -258,7 +260,11 @@ class ServiceRuntime:
             args, kwargs = protocol.unpack_args(msg.payload[0]) if msg.payload else ([], {})
             self._check_args(device, method, fn, args, kwargs)  # type: ignore[arg-type]
             if inspect.iscoroutinefunction(fn):
-                nursery.start_soon(self._run_call, rid, fn, args, kwargs)
+                timeout = h.get("timeout")
+                limit = (
+                    float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
+                )
+                nursery.start_soon(self._run_call, rid, fn, args, kwargs, limit)
                 return
             self._reply(rid, fn(*args, **kwargs))
         except Exception as exc:
@@ -276,9 +282,20 @@ class ServiceRuntime:
         except TypeError as exc:
             raise BadArguments(f"{device}.{method}{sig}: {exc}") from None
 
-    async def _run_call(self, rid: Any, fn: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
+    async def _run_call(
+        self, rid: Any, fn: Any, args: list[Any], kwargs: dict[str, Any], limit: float | None
+    ) -> None:
+        """Run one call; past the caller's timeout it is cancelled (nobody waits any more)."""
         try:
-            result = await fn(*args, **kwargs)
+            with trio.fail_after(limit) if limit else contextlib.nullcontext():
+                result = await fn(*args, **kwargs)
+        except trio.TooSlowError:
+            log.warning(
+                "call cancelled after its timeout",
+                method=getattr(fn, "__name__", "?"),
+                timeout=limit,
+            )
+            return
         except Exception as exc:
             self._reply_error(rid, exc, None, getattr(fn, "__name__", "?"))
             return

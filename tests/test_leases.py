@@ -254,7 +254,9 @@ def test_a_vanished_waiter_does_not_take_the_group_or_the_broker_down(lab2: LabH
     waiter = subprocess.Popen([*LABCTL, "lease", "acquire", "dut=rpi4-01", "--wait", "60s"], env=lab2.env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        wait_until(lambda: len(lab.client.call("lease.list")["queue"]) == 1, 10, "the waiter to queue")
+        wait_until(
+            lambda: len(lab.client.call("lease.list")["queue"]) == 1, 10, "the waiter to queue"
+        )
         waiter.kill()
         waiter.wait()
         with lab.event_stream("lease.*") as events:

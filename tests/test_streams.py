@@ -273,7 +273,9 @@ def test_port_unplugged_and_back_is_published(harness: LabHarness) -> None:
         sim.wait(10)
 
 
-def test_many_tiny_writes_within_credit_and_a_close_that_stays_closed(serial_lab: LabHarness, pty: Pty) -> None:
+def test_many_tiny_writes_within_credit_and_a_close_that_stays_closed(
+    serial_lab: LabHarness, pty: Pty
+) -> None:
     lab = serial_lab.lab()
     with lab.lease("dut=rpi4-01") as lease:
         stream = lease.serial.stream("console")
