@@ -168,7 +168,7 @@ async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
             for svc in lab.get("services", []):
                 cfg_path = Path(tmp) / f"{svc['service']}.yaml"
                 cfg_path.write_text(yaml.safe_dump(svc))
-                argv = [sys.executable, "-m", "labctl.cli", "service", "run", str(cfg_path)]
+                argv = [sys.executable, "-m", "labctl.services", str(cfg_path)]  # no CLI: smaller
                 nursery.start_soon(supervise, svc["service"], argv, env)
             log.info(
                 "lab up", broker=bus, services=len(lab.get("services", [])), state=str(state_dir)

@@ -200,5 +200,7 @@ def test_a_slow_call_times_out_and_is_cancelled_on_the_service(pdu: LabHarness) 
         with pytest.raises(Timeout, match=r"pdu1.3.cycle: no reply within 0.3s"):
             lease["pdu1.3"].cycle(wait=2.0, timeout=0.3)
         # the timeout travels with the request: the service stops the call too
-        wait_until(lambda: "call cancelled after its timeout" in svc.output(), 5, "the cancellation")
+        wait_until(
+            lambda: "call cancelled after its timeout" in svc.output(), 5, "the cancellation"
+        )
         assert lease["pdu1.3"].state() == "off"

@@ -44,7 +44,7 @@ def snmp_service(agent: SnmpAgent, name: str, outlets: list[int], **config: Any)
             "timeout": 0.5,
             "retries": 0,
             **config,
-        },  # fmt: skip
+        },
         "devices": [
             {"name": f"{name}.{n}", "labels": {"dut": f"{name}-dut{n}"}, "config": {"outlet": n}}
             for n in outlets
