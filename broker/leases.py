@@ -23,6 +23,7 @@ from labctl import protocol
 from labctl.errors import (
     BadRequest,
     DeviceBusy,
+    DeviceOffline,
     LeaseNotFound,
     LeaseRequired,
     NoMatch,
@@ -205,6 +206,13 @@ class LeaseTable:
                 reasons.append(f"{dev.name} offline")
             elif dev.health != "good":
                 reasons.append(f"{dev.name} in {dev.health}")
+        offline = [d for d in matched if not d.online and d.lease is None]
+        if len(offline) == len(matched):  # nothing is busy: everything is down
+            why = "; ".join(_named(d.name, d._offline_reason()) for d in offline[:5])
+            return DeviceOffline(
+                f"{selector!r} matches only offline devices ({why})",
+                {"selector": selector, "reasons": reasons},
+            )
         return DeviceBusy(
             f"no free group matches {selector!r}: " + "; ".join(reasons[:5]),
             {"selector": selector, "reasons": reasons},
@@ -381,6 +389,10 @@ class LeaseTable:
             "kinds": {n: devs[n].kind for n in lease.devices if n in devs},
             "interfaces": {n: devs[n].interface for n in lease.devices if n in devs},
         }
+
+
+def _named(name: str, reason: str) -> str:
+    return reason if reason.startswith(name) else f"{name}: {reason}"
 
 
 def _positive(value: Any, what: str, zero_ok: bool = False) -> float:

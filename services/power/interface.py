@@ -24,6 +24,7 @@ class PowerDriver(Driver):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last: bool | None = None
+        self._switches = 0  # counts switches, so a read that overlapped one is not published
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Read the state once in the background so listings show it from the start."""
@@ -48,6 +49,7 @@ class PowerDriver(Driver):
     async def on(self) -> str:
         """Switch the outlet on."""
         await self.set_power(True)
+        self._switches += 1
         self.observed(True)
         return "on"
 
@@ -55,6 +57,7 @@ class PowerDriver(Driver):
     async def off(self) -> str:
         """Switch the outlet off."""
         await self.set_power(False)
+        self._switches += 1
         self.observed(False)
         return "off"
 
@@ -68,8 +71,10 @@ class PowerDriver(Driver):
     @export
     async def state(self) -> str:
         """Read the outlet state back from the hardware: ``on`` or ``off``."""
+        switches = self._switches
         on = await self.get_power()
-        self.observed(on)
+        if switches == self._switches:  # a switch meanwhile makes this reading stale
+            self.observed(on)
         return "on" if on else "off"
 
     @export

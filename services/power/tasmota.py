@@ -206,6 +206,9 @@ class TasmotaPower(PowerDriver):
             self.observed(on)
         elif msg.topic == self._lwt:
             if text == cfg.lwt_online:
+                if self._plug_online is not True:
+                    # the plug (re)appeared, perhaps after a reboot in another state: ask
+                    self._link.publish(self._cmnd, "")
                 self._set_plug_online(True, "")
             elif text == cfg.lwt_offline:
                 self._set_plug_online(False, f"plug reports {text} ({self._lwt})")

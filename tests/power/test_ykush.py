@@ -38,7 +38,8 @@ async def test_selects_hub_by_serial_and_switches_each_port(hubs: tuple) -> None
             assert await drv.state() == "on"
             assert await drv.off() == "off"
             assert await drv.state() == "off"
-            assert rec.states == ["on", "off"]
+            # the driver may first publish the state it found at start
+            assert rec.states in (["on", "off"], ["off", "on", "off"])
     assert a.commands == []  # the other hub was never touched
     assert b.commands[:2] == [0x11, 0x21]
 
