@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Any
 
 import msgpack
 import zmq
@@ -59,52 +60,74 @@ def floor_service(front: str) -> None:
         dealer.send_multipart([client, msgpack.packb({"id": req["id"], "result": "off"})])
 
 
-def run_floor(calls: int, address: str) -> dict[str, float]:
-    procs = [
-        subprocess.Popen([sys.executable, __file__, "--role", role, "--address", address])
-        for role in ("router", "service")
-    ]
-    try:
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(address)
-        samples = []
-        for i in range(calls + 500):
-            t0 = time.perf_counter()
-            sock.send(msgpack.packb({"id": i, "method": "state", "args": [[], {}]}))
-            if not sock.poll(10000):
-                raise SystemExit("floor did not answer")
-            msgpack.unpackb(sock.recv())
-            if i >= 500:
-                samples.append(time.perf_counter() - t0)
-        sock.close()
-        return percentiles(samples)
-    finally:
-        for p in procs:
+class Floor:
+    """The raw pyzmq floor: router and service processes, and a blocking client."""
+
+    def __init__(self, address: str) -> None:
+        self.procs = [
+            subprocess.Popen([sys.executable, __file__, "--role", role, "--address", address])
+            for role in ("router", "service")
+        ]
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(address)
+        self.n = 0
+
+    def call(self) -> None:
+        self.n += 1
+        self.sock.send(msgpack.packb({"id": self.n, "method": "state", "args": [[], {}]}))
+        if not self.sock.poll(10000):
+            raise SystemExit("floor did not answer")
+        msgpack.unpackb(self.sock.recv())
+
+    def close(self) -> None:
+        self.sock.close()
+        for p in self.procs:
             p.kill()
             p.wait()
 
 
-def run_labctl(calls: int, transport: str) -> tuple[dict[str, float], float, float]:
+def interleaved(calls: int, a: Any, b: Any, batch: int = 250) -> tuple[list[float], list[float]]:
+    """Time ``calls`` calls of each, alternating batches, so both see the same noise."""
+    out: tuple[list[float], list[float]] = ([], [])
+    for fn in (a, b):  # warm up
+        for _ in range(300):
+            fn()
+    for _ in range(max(1, calls // batch)):
+        for fn, samples in ((a, out[0]), (b, out[1])):
+            for _ in range(batch):
+                t0 = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - t0)
+    return out
+
+
+def run(calls: int, transport: str) -> dict[str, Any]:
+    address = (
+        f"tcp://127.0.0.1:{free_port()}"
+        if transport == "tcp"
+        else f"ipc:///tmp/lcb-floor-{os.getpid()}"
+    )
+    floor = Floor(address)
     h = new_lab(transport)
     try:
         h.start_broker()
         h.start_service(power_service("bench", outlets=1))
         lab = h.lab(timeout=10)
         dev = lab.device("bench.1")
-        samples = []
-        for i in range(calls + 500):
-            t0 = time.perf_counter()
-            dev.state()
-            if i >= 500:
-                samples.append(time.perf_counter() - t0)
+        floor_s, ours_s = interleaved(calls, floor.call, dev.state)
         env = dict(os.environ, LABCTL_BROKER=h.bus)
         labctl = shutil.which("labctl") or "labctl"
         power = min(_wall([labctl, "power", "on", "bench.1"], env) for _ in range(5))
         help_ = min(_wall([labctl, "--help"], env) for _ in range(5))
-        return percentiles(samples), power, help_
+        return {
+            "floor": percentiles(floor_s),
+            "labctl": percentiles(ours_s),
+            "power": power,
+            "help": help_,
+        }
     finally:
+        floor.close()
         h.close()
         shutil.rmtree(h.root, ignore_errors=True)
 
@@ -126,13 +149,8 @@ def main() -> None:
         return floor_router(args.address)
     if args.role == "service":
         return floor_service(args.address)
-    address = (
-        f"tcp://127.0.0.1:{free_port()}"
-        if args.transport == "tcp"
-        else f"ipc:///tmp/lcb-floor-{os.getpid()}"
-    )
-    floor = run_floor(args.calls, address)
-    ours, power_on, help_ = run_labctl(args.calls, args.transport)
+    r = run(args.calls, args.transport)
+    floor, ours, power_on, help_ = r["floor"], r["labctl"], r["power"], r["help"]
     result = {
         "calls": args.calls,
         "transport": args.transport,
