@@ -169,7 +169,13 @@ class Broker:
 
     # -- registration and liveness ------------------------------------------------------
     def _on_register(self, ident: bytes, msg: Message) -> None:
-        svc, devices, dropped = self.registry.register(ident, msg.header)
+        if len(msg.payload) != 1:
+            raise ProtocolError("register carries the device list as one payload frame")
+        try:
+            entries = protocol.unpack(msg.payload[0])
+        except Exception:
+            raise ProtocolError("register's device list is not msgpack") from None
+        svc, devices, dropped = self.registry.register(ident, {**msg.header, "devices": entries})
         for dev in dropped:
             self.publish(
                 f"device.{dev.name}.online",

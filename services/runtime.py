@@ -159,7 +159,7 @@ class ServiceRuntime:
             "pid": os.getpid(),
             "user": getpass.getuser(),
             "version": __version__,
-            "devices": devices,
+            "devices": devices,  # sent as the payload frame: a big PDU outgrows a header
         }
 
     async def _session(self) -> None:
@@ -172,7 +172,9 @@ class ServiceRuntime:
         self.registered = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
-                await self._send(protocol.encode(protocol.REGISTER, self._register_header()))
+                header = self._register_header()
+                devices = protocol.pack(header.pop("devices"))
+                await self._send(protocol.encode(protocol.REGISTER, header, devices))
                 self._last_heard = time.monotonic()
                 nursery.start_soon(self._heartbeats)
                 await self._receive_loop(sock, nursery)

@@ -109,9 +109,9 @@ def test_duplicate_device_name_is_refused_naming_the_holder(pdu: LabHarness) -> 
         header = {
             "service": "intruder",
             "host": "elsewhere",
-            "devices": [{"name": "pdu1.2", "kind": "power"}],
         }
-        dealer.send_multipart(protocol.encode(protocol.REGISTER, header))
+        devices = protocol.pack([{"name": "pdu1.2", "kind": "power"}])
+        dealer.send_multipart(protocol.encode(protocol.REGISTER, header, devices))
         assert dealer.poll(5000)
         msg = protocol.decode(dealer.recv_multipart())
     finally:
@@ -204,3 +204,11 @@ def test_a_slow_call_times_out_and_is_cancelled_on_the_service(pdu: LabHarness) 
             lambda: "call cancelled after its timeout" in svc.output(), 5, "the cancellation"
         )
         assert lease["pdu1.3"].state() == "off"
+
+
+def test_a_service_with_hundreds_of_devices_registers(harness: LabHarness) -> None:
+    harness.start_broker()
+    harness.start_service(power_service("bigpdu", outlets=400))  # far more than one header holds
+    lab = harness.lab()
+    assert len(lab.devices("name in (bigpdu.1,bigpdu.400)")) == 2
+    assert lab.device("bigpdu.400").state() == "off"
