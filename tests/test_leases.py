@@ -269,3 +269,28 @@ def test_a_vanished_waiter_does_not_take_the_group_or_the_broker_down(lab2: LabH
     finally:
         waiter.kill()
         waiter.wait()
+
+
+CTRL_C_HOLDER = """
+import sys, time
+from labctl.lab import Lab
+with Lab(sys.argv[1]) as lab, lab.lease("dut=rpi4-02", duration="10m") as lease:
+    print(lease.id, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_ctrl_c_releases_the_lease_at_once(lab2: LabHarness) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", CTRL_C_HOLDER, lab2.bus], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        lease_id = holder.stdout.readline().strip()
+        with lab2.lab().event_stream(f"lease.{lease_id}.ended") as events:
+            holder.send_signal(signal.SIGINT)
+            ev = events.wait_for(f"lease.{lease_id}.ended", timeout=5)
+        assert ev["body"]["reason"] == "released"  # not holder-lost after the grace period
+        assert holder.wait(5) != 0
+    finally:
+        holder.kill()
+        holder.wait()
