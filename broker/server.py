@@ -289,9 +289,10 @@ class Broker:
     def _on_reply(self, ident: bytes, msg: Message) -> None:
         h = msg.header
         rid = h.get("id")
-        p = self.pending.pop(rid, None) if isinstance(rid, int) else None
+        p = self.pending.get(rid) if isinstance(rid, int) else None
         if p is None or p.service != ident:
             return  # late reply after a timeout, or a confused peer: nothing to route
+        del self.pending[rid]
         out = dict(h)
         out["id"] = p.client_id
         self.send(p.client, [protocol.TAG, msg.mtype, protocol.pack(out), *msg.payload])

@@ -70,13 +70,14 @@ class Store:
     ) -> list[tuple[int, float, str, bytes]]:
         """The newest ``limit`` events since ``since_ts`` whose topic matches, oldest first.
 
-        SQLite's GLOB has the same ``*``, ``?`` and ``[...]`` as the topic patterns.
+        SQLite's GLOB has fnmatch's ``*``, ``?`` and ``[...]``; only the negated class is
+        spelt ``[^...]`` there instead of ``[!...]``, so that is translated.
         """
         self.flush()
         cur = self.db.execute(
             "SELECT seq, ts, topic, body FROM events WHERE ts >= ? AND topic GLOB ? "
             "ORDER BY seq DESC LIMIT ?",
-            (since_ts, topic_glob, limit),
+            (since_ts, topic_glob.replace("[!", "[^"), limit),
         )
         return list(cur)[::-1]
 

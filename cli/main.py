@@ -117,35 +117,9 @@ def default_state_dir() -> Any:
 
 
 def run_until_signal(fn: Any, *args: Any) -> None:
-    """Run a trio main until it ends or SIGINT/SIGTERM arrives; exit 0 on a signal."""
-    import signal
+    from labctl.process import run_until_signal as run
 
-    import trio
-
-    async def runner() -> None:
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
-                    async for _ in sigs:
-                        nursery.cancel_scope.cancel()
-                        return
-
-            nursery.start_soon(watch)
-            await fn(*args)
-            nursery.cancel_scope.cancel()
-
-    try:
-        trio.run(runner)
-    except BaseExceptionGroup as group:
-        raise _sole(group) from None
-
-
-def _sole(group: BaseExceptionGroup) -> BaseException:
-    """The one real error inside nested nursery groups, so it prints as one clear line."""
-    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
-        group = group.exceptions[0]  # type: ignore[assignment]
-    return group
+    run(fn, *args)
 
 
 @main.group()
@@ -160,28 +134,9 @@ def service() -> None:
 )
 def service_run(config: str, broker_addr: str | None) -> None:
     """Run one service process from CONFIG.yaml (DESIGN §11 shape)."""
-    from pathlib import Path
+    from labctl.services.launch import run_service
 
-    from labctl import logs
-    from labctl.services.config import load_service_config
-    from labctl.services.runtime import ServiceRuntime
-
-    cfg = load_service_config(Path(config))
-    if broker_addr:
-        cfg.broker = broker_addr
-    logs.setup(f"service:{cfg.service}")
-    runtime = ServiceRuntime(cfg, config)
-
-    async def main_() -> None:
-        try:
-            await runtime.run()
-        finally:
-            import trio
-
-            with trio.CancelScope(shield=True):
-                await runtime.aclose()
-
-    run_until_signal(main_)
+    run_service(config, broker_addr)
 
 
 @main.group(invoke_without_command=False)

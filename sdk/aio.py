@@ -21,6 +21,7 @@ from . import protocol
 from .client import broker_address, holder_identity
 from .durations import parse_duration
 from .errors import BrokerUnreachable, LabError, LeaseNotFound, MethodNotFound, Timeout, from_wire
+from .lease_view import LeaseView
 from .triozmq import TrioSocket
 
 
@@ -56,36 +57,18 @@ class AsyncDevice:
         return bound
 
 
-class AsyncLease:
+class AsyncLease(LeaseView):
     def __init__(self, lab: AsyncLab, info: dict[str, Any]) -> None:
-        self._lab, self.info, self.id = lab, info, info["id"]
-
-    @property
-    def devices(self) -> list[str]:
-        return list(self.info["devices"])
-
-    @property
-    def end_time(self) -> float:
-        return float(self.info["end"])
+        super().__init__(info)
+        self._lab = lab
 
     def __getitem__(self, name: str) -> AsyncDevice:
-        if name not in self.info["devices"]:
-            raise LabError(f"lease {self.id} holds {', '.join(self.devices)}, not {name!r}")
-        info = {
-            "kind": self.info["kinds"].get(name),
-            "interface": self.info["interfaces"].get(name, {}),
-        }
-        return AsyncDevice(self._lab, name, info, self.id)
+        return AsyncDevice(self._lab, name, self.device_info(name), self.id)
 
     def __getattr__(self, kind: str) -> AsyncDevice:
-        if kind.startswith("_"):
+        if kind.startswith("_") or kind == "info":
             raise AttributeError(kind)
-        names = sorted(n for n, k in self.info.get("kinds", {}).items() if k == kind)
-        if len(names) != 1:
-            raise LabError(
-                f"lease {self.id} holds {len(names)} {kind} devices: {names}; pick one by name"
-            )
-        return self[names[0]]
+        return self[self.name_of_kind(kind)]
 
     async def extend(self, duration: str | float) -> None:
         self.info = await self._lab.call(

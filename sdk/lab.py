@@ -16,6 +16,7 @@ from .client import BusClient, holder_identity
 from .durations import parse_duration
 from .errors import LabError, LeaseNotFound, MethodNotFound
 from .events import EventStream
+from .lease_view import LeaseView
 
 
 class Device:
@@ -87,49 +88,21 @@ class Device:
         return f"<Device {self.name} kind={self.kind}>"
 
 
-class Lease:
+class Lease(LeaseView):
     """Devices held exclusively until release, expiry, or the holder going silent."""
 
     def __init__(self, lab: Lab, info: dict[str, Any]) -> None:
+        super().__init__(info)
         self._lab = lab
-        self.info = info
-        self.id: str = info["id"]
         self.released = False
 
-    @property
-    def devices(self) -> list[str]:
-        return list(self.info["devices"])
-
-    @property
-    def end_time(self) -> float:
-        return float(self.info["end"])
-
     def __getitem__(self, name: str) -> Device:
-        if name not in self.info["devices"]:
-            raise LabError(f"lease {self.id} holds {', '.join(self.devices)}, not {name!r}")
-        return self._device(name)
-
-    def _device(self, name: str) -> Device:
-        info = {
-            "kind": self.info["kinds"].get(name),
-            "interface": self.info["interfaces"].get(name, {}),
-        }
-        return Device(self._lab, name, info, lease=self.id)
+        return Device(self._lab, name, self.device_info(name), lease=self.id)
 
     def __getattr__(self, kind: str) -> Device:
-        if kind.startswith("_") or kind in ("info",):
+        if kind.startswith("_") or kind == "info":
             raise AttributeError(kind)
-        names = [n for n, k in self.info.get("kinds", {}).items() if k == kind]
-        if not names:
-            raise AttributeError(
-                f"lease {self.id} holds no {kind!r} device (it holds {self.devices})"
-            )
-        if len(names) > 1:
-            raise LabError(
-                f"lease {self.id} holds {len(names)} {kind} devices; pick one by name: "
-                + ", ".join(f"lease[{n!r}]" for n in sorted(names))
-            )
-        return self._device(names[0])
+        return self[self.name_of_kind(kind)]
 
     def extend(self, duration: str | float) -> None:
         self.info = self._lab.client.call(

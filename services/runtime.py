@@ -216,6 +216,14 @@ class ServiceRuntime:
         except ProtocolError as err:
             log.warning("bad message from broker", error=err.message)
             return
+        try:
+            self._route(msg, nursery)
+        except BrokerLost:
+            raise
+        except Exception:  # whatever a message holds, the service keeps running
+            log.exception("message from the broker could not be handled", type=msg.name)
+
+    def _route(self, msg: Message, nursery: trio.Nursery) -> None:
         t = msg.mtype
         if t == protocol.REQUEST:
             self._dispatch(msg, nursery)
@@ -370,14 +378,7 @@ class ServiceRuntime:
             return
         if msg.mtype == protocol.STREAM_DATA:
             for frame in msg.payload:
-                if not end.deliver(frame):
-                    end.scope.cancel()
-                    self._send_now(
-                        protocol.encode(
-                            protocol.STREAM_CLOSE,
-                            {"sid": sid, "reason": "writer overran its window"},
-                        )
-                    )
+                end.deliver(frame)
         elif msg.mtype == protocol.STREAM_CREDIT:
             end.add_credit(int(msg.header.get("credit", 0)))
         else:

@@ -68,13 +68,12 @@ class BusStreamEnd:
         self._credit_changed.set()
 
     # -- client -> device ---------------------------------------------------------------
-    def deliver(self, data: bytes) -> bool:
-        """Queue bytes the client wrote; False if the client overran its window."""
+    def deliver(self, data: bytes) -> None:
+        """Queue bytes the client wrote (byte credit bounds how much can be queued)."""
         try:
             self._inbox_send.send_nowait(data)
-        except trio.WouldBlock:
-            return False
-        return True
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the device already ended the stream: the bytes have nowhere to go
 
     async def receive(self) -> bytes:
         try:

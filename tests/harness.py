@@ -23,6 +23,19 @@ from labctl.lab import Lab
 LABCTL = [sys.executable, "-m", "labctl.cli"]
 
 
+def trio_test(fn: Callable[..., Any]) -> Callable[..., None]:
+    """Run an async test function (fixtures still injected by pytest) under ``trio.run``."""
+    import functools
+
+    import trio
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        trio.run(functools.partial(fn, *args, **kwargs))
+
+    return wrapper
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

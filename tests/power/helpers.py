@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -14,14 +13,7 @@ from labctl.services.driver import DeviceContext, Driver
 D = TypeVar("D", bound=Driver)
 
 
-def trio_test(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    """Run an async test function (fixtures still injected by pytest) under ``trio.run``."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        trio.run(functools.partial(fn, *args, **kwargs))
-
-    return wrapper
+from ..harness import trio_test  # noqa: E402,F401  (re-exported for the tests here)
 
 
 class Recorder:

@@ -3,7 +3,6 @@ a simulated DUT process, and a bridge that runs a driver in a trio thread."""
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import queue
@@ -11,7 +10,7 @@ import subprocess
 import sys
 import threading
 import tty
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +25,7 @@ from labctl.services.serial.driver import SerialConsole
 WAIT = 10  # seconds any single condition may take before a test fails
 
 
-def trio_test(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    """Run an async test under ``trio.run`` (pytest fixtures still reach it)."""
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> None:
-        trio.run(functools.partial(fn, *args, **kwargs))
-
-    return run
+from ..harness import trio_test  # noqa: E402,F401  (re-exported for the tests here)
 
 
 class MemoryStream:
