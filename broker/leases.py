@@ -208,7 +208,7 @@ class LeaseTable:
                 reasons.append(f"{dev.name} in {dev.health}")
         offline = [d for d in matched if not d.online and d.lease is None]
         if len(offline) == len(matched):  # nothing is busy: everything is down
-            why = "; ".join(_named(d.name, d._offline_reason()) for d in offline[:5])
+            why = "; ".join(_named(d.name, d.offline_reason()) for d in offline[:5])
             return DeviceOffline(
                 f"{selector!r} matches only offline devices ({why})",
                 {"selector": selector, "reasons": reasons},

@@ -57,7 +57,7 @@ class Device:
             "driver": self.driver,
             "labels": self.labels,
             "online": self.online,
-            "offline_reason": "" if self.online else self._offline_reason(),
+            "offline_reason": "" if self.online else self.offline_reason(),
             "health": self.health,
             "health_reason": self.health_reason,
             "lease": self.lease,
@@ -66,7 +66,7 @@ class Device:
             "service": self.service,
         }
 
-    def _offline_reason(self) -> str:
+    def offline_reason(self) -> str:
         if not self.service_alive:
             return f"service {self.service} not heard from"
         return self.reachable_reason or "hardware unreachable"

@@ -265,7 +265,7 @@ class Broker:
                 {"device": dev.name, "method": method},
             )
         if not dev.service_alive:  # an unreachable port or plug still answers status and logs
-            raise DeviceOffline(f"device {dev.name!r} is offline ({dev._offline_reason()})")
+            raise DeviceOffline(f"device {dev.name!r} is offline ({dev.offline_reason()})")
         if spec.get("mutating"):
             self.leases.check_access(dev, h.get("lease"), f"call {method}")
         timeout = h.get("timeout")
