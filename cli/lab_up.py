@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -104,11 +105,25 @@ def broker_argv(settings: dict[str, Any], state: str) -> list[str]:
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: if `lab up` is killed (even with -9), so is the child."""
+    """Runs in the child before exec: if `lab up` is killed (even with -9), so is the child.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked dies, so children must be forked
+    from the main thread (not from trio's worker threads, which exit when idle).
+    """
     import ctypes
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def _wait(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for ``proc`` without a thread: its pidfd becomes readable when it exits."""
+    fd = os.pidfd_open(proc.pid)
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+    return proc.wait()
 
 
 async def supervise(name: str, argv: list[str], env: dict[str, str]) -> None:
@@ -116,17 +131,19 @@ async def supervise(name: str, argv: list[str], env: dict[str, str]) -> None:
     backoff = 0.5
     while True:
         started = trio.current_time()
-        proc = await trio.lowlevel.open_process(argv, env=env, preexec_fn=_die_with_parent)
+        # Forked from the main thread (see _die_with_parent); fork+exec is quick.
+        proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
         try:
-            rc = await proc.wait()
+            rc = await _wait(proc)
         finally:
-            if proc.returncode is None:
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 with trio.move_on_after(5) as scope:
                     scope.shield = True
-                    await proc.wait()
-                if proc.returncode is None:
+                    await _wait(proc)
+                if proc.poll() is None:
                     proc.kill()
+                    proc.wait()
         if trio.current_time() - started > 30:
             backoff = 0.5
         log.warning("process exited; restarting", process=name, rc=rc, backoff=backoff)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from labctl.lab import Lab
@@ -57,9 +58,14 @@ def test_lab_up_starts_restarts_and_stops_everything(workdir) -> None:  # type: 
             "a restart",
         )
         wait_until(lambda: "plug" in names(), 20, "the restarted service to register")
+        # Healthy processes stay up: nothing restarts them on its own (trio's idle worker
+        # threads exit after 10 s; children forked from one would be killed with it).
+        steady = sorted(_children(up.pid))
+        with pytest.raises(AssertionError):
+            wait_until(lambda: sorted(_children(up.pid)) != steady, 11, "no restarts")
         up.send_signal(signal.SIGTERM)
         assert up.wait(20) == 0
-        for pid in children:
+        for pid in steady:
             assert (
                 not os.path.exists(f"/proc/{pid}")
                 or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
@@ -70,6 +76,27 @@ def test_lab_up_starts_restarts_and_stops_everything(workdir) -> None:  # type: 
             up.kill()
             up.wait()
         log.close()
+
+
+def test_killing_lab_up_takes_its_children_with_it(workdir) -> None:  # type: ignore[no-untyped-def]
+    bus = f"ipc://{workdir}/bus"
+    argv = [sys.executable, "-m", "labctl.cli", "lab", "up", "--bus", bus, "--events", f"ipc://{workdir}/ev",
+            "--state", str(workdir / "state")]  # fmt: skip
+    up = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(
+            lambda: len(_children(up.pid)) == 6, 20, "broker, 3 services, 2 simulated boards"
+        )
+        children = _children(up.pid)
+        up.kill()  # SIGKILL: lab up gets no chance to clean up
+        up.wait()
+        wait_until(
+            lambda: not any(os.path.exists(f"/proc/{p}") for p in children), 10, "orphans to exit"
+        )
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
 
 
 def test_lab_up_rejects_a_bad_lab_file_before_starting_anything(workdir) -> None:  # type: ignore[no-untyped-def]
