@@ -11,6 +11,7 @@ callers get no answer and their ``lease()`` call times out (PROTOCOL.md §8).
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from .server import Broker
 
 log = structlog.get_logger("leases")
+
+MAX_SECONDS = 366 * 86400.0  # durations and waits: anything longer is a typo
 
 
 @dataclass(slots=True)
@@ -295,7 +298,7 @@ class LeaseTable:
 
     def extend(self, lease_id: Any, duration: Any, who: str) -> dict[str, Any]:
         lease = self.get(lease_id)
-        lease.end = max(lease.end, time.time()) + _positive(duration, "duration")
+        lease.end = max(lease.end, time.time()) + _positive(duration, "duration")  # validated first
         lease.keepalive_at = time.monotonic()
         self.broker.store.save_lease(lease.row())
         self.broker.store.audit(who, "lease.extended", lease.id, f"end={lease.end:.0f}")
@@ -400,6 +403,8 @@ def _positive(value: Any, what: str, zero_ok: bool = False) -> float:
         v = float(value or 0)
     except (TypeError, ValueError):
         raise BadRequest(f"{what} must be a number of seconds, not {value!r}") from None
+    if not math.isfinite(v) or v > MAX_SECONDS:
+        raise BadRequest(f"{what} must be a finite number of seconds up to a year, not {value!r}")
     if v < 0 or (v == 0 and not zero_ok):
         raise BadRequest(f"{what} must be positive, not {v}")
     return v

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import BadRequest
@@ -13,7 +14,15 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 def parse_duration(value: str | float | int) -> float:
     """Seconds in ``value``; BadRequest with an example when it does not parse."""
     if isinstance(value, (int, float)):
-        return float(value)
+        seconds = float(value)
+    else:
+        seconds = _parse(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise BadRequest(f"invalid duration {value!r}; write it like 90s, 30m, 1h30m or 2d")
+    return seconds
+
+
+def _parse(value: str) -> float:
     text = value.strip().lower()
     try:
         return float(text)

@@ -27,6 +27,7 @@ from labctl.errors import (
     ConfigError,
     DriverError,
     LabError,
+    LeaseNotFound,
     MethodNotFound,
     ProtocolError,
 )
@@ -36,7 +37,7 @@ from labctl.triozmq import TrioSocket
 from .catalog import load_driver
 from .config import ServiceConfig, describe_validation
 from .driver import DeviceContext, Driver
-from .export import exported_methods
+from .export import exported_methods, find_mark
 from .stream_end import BusStreamEnd
 
 log = structlog.get_logger("service")
@@ -87,6 +88,7 @@ class ServiceRuntime:
         self._online: dict[str, dict[str, Any]] = {}
         self._nursery: trio.Nursery | None = None
         self._backoff = 0.1
+        self._mutating: dict[str, set[trio.CancelScope]] = {}  # running mutating calls
 
     # -- what drivers call --------------------------------------------------------------
     def publish(self, topic: str, body: Any) -> None:
@@ -262,6 +264,10 @@ class ServiceRuntime:
             if method == "__reset__":
                 drv = self.drivers.get(device)  # type: ignore[arg-type]
                 if drv is not None:
+                    # calls still running under the ended lease must not touch the device
+                    # after the reset (or while the next holder has it)
+                    for scope in self._mutating.pop(drv.name, set()):
+                        scope.cancel()
                     nursery.start_soon(self._run_reset, drv)
                 return
             fn = self.methods.get(device, {}).get(method)  # type: ignore[arg-type]
@@ -274,7 +280,11 @@ class ServiceRuntime:
                 limit = (
                     float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
                 )
-                nursery.start_soon(self._run_call, rid, fn, args, kwargs, limit)
+                scope = trio.CancelScope()
+                mark = find_mark(self.drivers[device], method)  # type: ignore[index]
+                if mark is not None and mark["mutating"]:
+                    self._mutating.setdefault(device, set()).add(scope)  # type: ignore[arg-type]
+                nursery.start_soon(self._run_call, rid, fn, args, kwargs, limit, scope, device)
                 return
             self._reply(rid, fn(*args, **kwargs))
         except Exception as exc:
@@ -293,12 +303,25 @@ class ServiceRuntime:
             raise BadArguments(f"{device}.{method}{sig}: {exc}") from None
 
     async def _run_call(
-        self, rid: Any, fn: Any, args: list[Any], kwargs: dict[str, Any], limit: float | None
+        self,
+        rid: Any,
+        fn: Any,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        limit: float | None,
+        scope: trio.CancelScope,
+        device: str,
     ) -> None:
-        """Run one call; past the caller's timeout it is cancelled (nobody waits any more)."""
+        """Run one call; past the caller's timeout it is cancelled (nobody waits any more),
+        and a mutating call is cancelled when its lease ends (``__reset__``)."""
         try:
-            with trio.fail_after(limit) if limit else contextlib.nullcontext():
+            with scope, trio.fail_after(limit) if limit else contextlib.nullcontext():
                 result = await fn(*args, **kwargs)
+            if scope.cancelled_caught:
+                self._reply_error(
+                    rid, LeaseNotFound("the lease ended while the call ran"), device, None
+                )
+                return
         except trio.TooSlowError:
             log.warning(
                 "call cancelled after its timeout",
@@ -309,6 +332,8 @@ class ServiceRuntime:
         except Exception as exc:
             self._reply_error(rid, exc, None, getattr(fn, "__name__", "?"))
             return
+        finally:
+            self._mutating.get(device, set()).discard(scope)
         self._reply(rid, result)
 
     async def _run_reset(self, drv: Driver) -> None:

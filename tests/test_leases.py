@@ -294,3 +294,41 @@ def test_ctrl_c_releases_the_lease_at_once(lab2: LabHarness) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-5", "1e300"])
+def test_non_finite_or_absurd_durations_are_refused(lab2: LabHarness, bad: str) -> None:
+    from labctl.errors import BadRequest
+
+    lab = lab2.lab()
+    with pytest.raises(BadRequest):
+        lab.client.call("lease.acquire", selector="dut=rpi4-01", duration=float(bad), holder="t")
+    r = lab2.run_cli("lease", "acquire", "dut=rpi4-01", "--duration", bad)
+    assert r.returncode == 2 and r.stderr.startswith("error: ")
+    with lab.lease("dut=rpi4-01") as lease, pytest.raises(BadRequest):
+        lab.client.call("lease.extend", id=lease.id, duration=float(bad))
+    assert lab2.broker is not None and lab2.broker.alive()
+
+
+def test_a_call_running_when_its_lease_ends_cannot_touch_the_next_holders_device(
+    lab2: LabHarness,
+) -> None:
+    a, b = lab2.lab(timeout=10), lab2.lab()
+    lease = a.lease("dut=rpi4-01")
+    lease["rpi4-01-power"].on()
+    outcome: dict[str, object] = {}
+
+    def cycle() -> None:
+        try:
+            outcome["result"] = lease["rpi4-01-power"].cycle(wait=1.5)
+        except LeaseNotFound as exc:
+            outcome["result"] = exc
+
+    t = threading.Thread(target=cycle)
+    t.start()
+    wait_until(lambda: b.device("rpi4-01-power").state() == "off", 5, "the cycle's off")
+    b.client.call("lease.release", id=lease.id, force=True, reason="test", who="admin")
+    with b.lease("dut=rpi4-01") as next_holder:
+        t.join(10)
+        assert isinstance(outcome["result"], LeaseNotFound)
+        assert next_holder["rpi4-01-power"].state() == "off"  # the old cycle never switched it on
