@@ -76,8 +76,7 @@ class BrokerCalls:
         """Journal rows newer than ``since`` seconds ago whose topic matches the glob."""
         rows = self.broker.store.events_since(time.time() - float(since), str(topic), int(limit))
         return [
-            {"seq": seq, "ts": ts, "topic": t, "body": protocol.unpack(body)}
-            for seq, ts, t, body in rows
+            {"seq": seq, "ts": ts, "topic": t, "body": _body(body)} for seq, ts, t, body in rows
         ]
 
     def sync(self, ident: bytes, rid: Any, token: str) -> bool:
@@ -150,3 +149,11 @@ class BrokerCalls:
 
 
 _LATER = object()
+
+
+def _body(raw: bytes) -> Any:
+    """A journaled body, or a marker for one that does not decode (an older broker kept it)."""
+    try:
+        return protocol.unpack(raw)
+    except Exception:
+        return {"undecodable": raw.hex()[:64]}

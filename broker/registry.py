@@ -87,16 +87,35 @@ class Registry:
         Returns the service, its devices, and devices it registered before but not now.
         """
         try:
-            svc_name = str(header["service"])
-            entries = list(header["devices"])
-        except (KeyError, TypeError):
-            raise ProtocolError("register needs 'service' and a 'devices' list") from None
+            svc, parsed = self._parse(ident, header)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"malformed registration: {exc}") from None
+        # nothing above touched the registry: a bad registration leaves it as it was
+        old = self.services.pop(ident, None)
+        dropped = self._forget_devices(old, keep={d.name for d in parsed}) if old else []
+        self.services[ident] = svc
+        for dev in parsed:
+            previous = self.devices.get(dev.name)
+            if previous is not None:  # keep what the broker owns across re-registration
+                dev.health, dev.health_reason = previous.health, previous.health_reason
+                dev.lease, dev.status = previous.lease, previous.status
+            self.devices[dev.name] = dev
+        return svc, parsed, dropped
+
+    def _parse(self, ident: bytes, header: dict[str, Any]) -> tuple[Service, list[Device]]:
+        """Validate a registration completely before anything is changed."""
+        svc_name = str(header["service"])
+        entries = list(header["devices"])
         host = str(header.get("host", ""))
         parsed: list[Device] = []
+        seen: set[str] = set()
         for entry in entries:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise ProtocolError("each registered device needs a string 'name'")
             name = entry["name"]
+            if name in seen:
+                raise ProtocolError(f"device name {name!r} appears twice in one registration")
+            seen.add(name)
             held = self.devices.get(name)
             if held is not None and held.service_alive and held.ident != ident:
                 holder = self.services.get(held.ident)
@@ -121,8 +140,6 @@ class Registry:
                     on_release=str(entry.get("on_release", "reset")),
                 )
             )
-        old = self.services.pop(ident, None)
-        dropped = self._forget_devices(old, keep={d.name for d in parsed}) if old else []
         svc = Service(
             ident=ident,
             name=svc_name,
@@ -131,14 +148,7 @@ class Registry:
             version=str(header.get("version", "")),
             devices=[d.name for d in parsed],
         )
-        self.services[ident] = svc
-        for dev in parsed:
-            previous = self.devices.get(dev.name)
-            if previous is not None:  # keep what the broker owns across re-registration
-                dev.health, dev.health_reason = previous.health, previous.health_reason
-                dev.lease, dev.status = previous.lease, previous.status
-            self.devices[dev.name] = dev
-        return svc, parsed, dropped
+        return svc, parsed
 
     def _forget_devices(self, svc: Service, keep: set[str]) -> list[Device]:
         """Devices a re-registering service no longer lists: offline from now on."""

@@ -310,17 +310,14 @@ class Broker:
             raise BadRequest(f"service {svc.name!r} may not publish on {topic!r}")
         name, what = ".".join(parts[1:-1]), parts[-1]
         dev = self.registry.devices[name]
+        try:  # a body nobody can decode must not reach the journal or subscribers
+            body = protocol.unpack(msg.payload[0])
+        except Exception:
+            raise BadRequest(f"event body on {topic!r} is not msgpack") from None
         if what == "status":
-            try:
-                dev.status = protocol.unpack(msg.payload[0])
-            except Exception:
-                raise BadRequest("status body is not msgpack") from None
+            dev.status = body
             dev.status_ts = time.time()
         elif what == "online":
-            try:
-                body = protocol.unpack(msg.payload[0])
-            except Exception:
-                raise BadRequest("online body is not msgpack") from None
             if not isinstance(body, dict):
                 raise BadRequest("online body must be a map {online, reason}")
             dev.reachable = bool(body.get("online"))

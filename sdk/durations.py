@@ -13,10 +13,7 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 def parse_duration(value: str | float | int) -> float:
     """Seconds in ``value``; BadRequest with an example when it does not parse."""
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        seconds = _parse(value)
+    seconds = float(value) if isinstance(value, (int, float)) else _parse(value)
     if not math.isfinite(seconds) or seconds < 0:
         raise BadRequest(f"invalid duration {value!r}; write it like 90s, 30m, 1h30m or 2d")
     return seconds

@@ -69,12 +69,17 @@ class EventStream:
             wait = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             if not self.sock.poll(wait):
                 raise Timeout(f"no event matching {self.pattern!r} within {timeout}s")
-            topic, meta, body = self.sock.recv_multipart()
-            ev = protocol.unpack(meta)
-            if ev["seq"] <= self._last_seq or not fnmatch.fnmatchcase(ev["topic"], self.pattern):
+            frames = self.sock.recv_multipart()
+            try:
+                _topic, meta, body = frames
+                ev = protocol.unpack(meta)
+                seq, topic = int(ev["seq"]), str(ev["topic"])
+                ev["body"] = protocol.unpack(body)
+            except Exception:
+                continue  # not an event we can read: skip it, keep the subscription
+            if seq <= self._last_seq or not fnmatch.fnmatchcase(topic, self.pattern):
                 continue
-            self._last_seq = ev["seq"]
-            ev["body"] = protocol.unpack(body)
+            self._last_seq = seq
             return ev
 
     def wait_for(self, topic: str, predicate: Any = None, timeout: float = 10.0) -> dict[str, Any]:

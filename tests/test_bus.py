@@ -212,3 +212,41 @@ def test_a_service_with_hundreds_of_devices_registers(harness: LabHarness) -> No
     lab = harness.lab()
     assert len(lab.devices("name in (bigpdu.1,bigpdu.400)")) == 2
     assert lab.device("bigpdu.400").state() == "off"
+
+
+def test_a_malformed_re_registration_changes_nothing(pdu: LabHarness) -> None:
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(pdu.bus)
+    try:
+        good = protocol.pack([{"name": "ghost.1", "kind": "power"}])
+        dealer.send_multipart(protocol.encode(protocol.REGISTER, {"service": "ghost"}, good))
+        assert (
+            dealer.poll(5000) and protocol.decode(dealer.recv_multipart()).mtype == protocol.WELCOME
+        )
+        dealer.send_multipart(
+            protocol.encode(protocol.REGISTER, {"service": "ghost", "pid": "x"}, good)
+        )
+        assert dealer.poll(5000)
+        err = protocol.decode(dealer.recv_multipart())
+        assert (
+            err.header["code"] == "protocol" and "malformed registration" in err.header["message"]
+        )
+        body = protocol.pack({"x": 1})
+        dealer.send_multipart(
+            protocol.encode(protocol.EVENT, {"topic": "device.ghost.1.progress"}, b"\xc1")
+        )
+        assert (
+            dealer.poll(5000)
+            and protocol.decode(dealer.recv_multipart()).header["code"] == "bad-request"
+        )
+        dealer.send_multipart(
+            protocol.encode(protocol.EVENT, {"topic": "device.ghost.1.progress"}, body)
+        )
+    finally:
+        dealer.close()  # and it goes silent: the heartbeat timeout must still notice
+    lab = pdu.lab()
+    wait_until(lambda: lab.devices("name=ghost.1")[0]["online"] is False, 10, "ghost.1 offline")
+    assert [e["body"] for e in lab.client.call("events", topic="device.ghost.1.progress")] == [
+        {"x": 1}
+    ]
