@@ -101,8 +101,11 @@ class BrokerCalls:
         duration: Any = 1800.0,
         wait: Any = 0.0,
         holder: str = "anonymous",
+        keepalive: bool = True,
     ) -> Any:
-        result = self.broker.leases.acquire(ident, rid, selector, duration, wait, holder)
+        result = self.broker.leases.acquire(
+            ident, rid, selector, duration, wait, holder, bool(keepalive)
+        )
         return _LATER if result is None else result
 
     def lease_release(

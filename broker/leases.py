@@ -72,6 +72,7 @@ class Waiter:
     duration: float
     holder: str
     deadline: float
+    grace: float
     queued_at: float = field(default_factory=time.time)
 
 
@@ -111,6 +112,12 @@ class LeaseTable:
 
     # -- access checks ------------------------------------------------------------------
     def check_access(self, dev: Device, lease_id: Any, action: str) -> None:
+        if lease_id is not None and lease_id not in self.leases:
+            raise LeaseNotFound(
+                f"lease {lease_id} is not active (released, expired, or its holder went "
+                "silent); take a new one",
+                {"lease": lease_id},
+            )
         if dev.lease is None:
             raise LeaseRequired(
                 f"{action} on {dev.name!r} needs a lease; take one with "
@@ -138,6 +145,7 @@ class LeaseTable:
         duration: Any = 1800.0,
         wait: Any = 0.0,
         holder: str = "anonymous",
+        keepalive: bool = True,
     ) -> dict[str, Any] | None:
         """Grant now (returns the lease), queue (returns None, replies later) or raise."""
         selector = str(selector)
@@ -145,15 +153,18 @@ class LeaseTable:
         duration = _positive(duration, "duration")
         wait = _positive(wait, "wait", zero_ok=True)
         holder = str(holder or "anonymous")
+        # a lease taken for later use (`labctl lease acquire`) lives to its end time with
+        # no keepalives; one held by a running program ends soon after that program does
+        grace = self.broker.settings.lease_grace if keepalive else MAX_SECONDS
         matched = self.broker.registry.query(sel)
         if not matched:
             raise NoMatch(f"no device matches selector {selector!r}", {"selector": selector})
-        lease = self._try_grant(selector, duration, holder, matched)
+        lease = self._try_grant(selector, duration, holder, matched, grace)
         if lease is not None:
             return self._describe(lease)
         if wait <= 0:
             raise self._busy_error(selector, matched)
-        waiter = Waiter(ident, rid, selector, duration, holder, time.time() + wait)
+        waiter = Waiter(ident, rid, selector, duration, holder, time.time() + wait, grace)
         self.queue.append(waiter)
         position = len(self.queue)
         self._progress(waiter, position)
@@ -173,14 +184,16 @@ class LeaseTable:
         return groups
 
     def _try_grant(
-        self, selector: str, duration: float, holder: str, matched: list[Device]
+        self, selector: str, duration: float, holder: str, matched: list[Device], grace: float
     ) -> Lease | None:
         for _, devs in sorted(self._groups(matched).items()):
             if all(d.lease is None and d.online and d.health == "good" for d in devs):
-                return self._grant(selector, duration, holder, devs)
+                return self._grant(selector, duration, holder, devs, grace)
         return None
 
-    def _grant(self, selector: str, duration: float, holder: str, devs: list[Device]) -> Lease:
+    def _grant(
+        self, selector: str, duration: float, holder: str, devs: list[Device], grace: float
+    ) -> Lease:
         now = time.time()
         lease = Lease(
             id=secrets.token_urlsafe(12),
@@ -189,7 +202,7 @@ class LeaseTable:
             devices=sorted(d.name for d in devs),
             begin=now,
             end=now + duration,
-            grace=self.broker.settings.lease_grace,
+            grace=grace,
         )
         self.broker.store.save_lease(lease.row())
         self.broker.store.audit(holder, "lease.granted", lease.id, f"{selector} -> {lease.devices}")
@@ -261,7 +274,11 @@ class LeaseTable:
                 self._expire_waiter(w)
                 continue
             matched = self.broker.registry.query(parse(w.selector))
-            lease = self._try_grant(w.selector, w.duration, w.holder, matched) if matched else None
+            lease = (
+                self._try_grant(w.selector, w.duration, w.holder, matched, w.grace)
+                if matched
+                else None
+            )
             if lease is None:
                 still.append(w)
                 continue

@@ -40,11 +40,13 @@ def lease() -> None:
 def lease_acquire(selector: str, duration: str, wait: str, fmt: str, broker: str | None) -> None:
     """Lease one free group matching SELECTOR and print it.
 
-    The lease outlives this command: it ends at its end time, on `labctl lease release`,
-    or after the grace period if nothing keeps it alive. Use it with --lease or LABCTL_LEASE.
+    The lease outlives this command: it lasts until `labctl lease release` or its end
+    time (no keepalives needed). Use it with --lease or LABCTL_LEASE.
     """
     with lab_from(broker) as lab:
-        held = lab.lease(selector, duration=duration, wait=wait, progress=_progress)
+        held = lab.lease(
+            selector, duration=duration, wait=wait, progress=_progress, keepalive=False
+        )
         emit(held.info, fmt, LEASE_COLUMNS, "id")
 
 

@@ -213,10 +213,13 @@ class Lab:
         duration: str | float = "30m",
         wait: str | float = 0,
         progress: Callable[[dict[str, Any]], None] | None = None,
+        keepalive: bool = True,
     ) -> Lease:
         """Lease one free group matching ``selector``; wait in the queue up to ``wait``.
 
         Raises NoMatch at once if nothing matches, DeviceBusy (``wait=0``) or WaitTimeout.
+        With ``keepalive=False`` the lease outlives this process: it lasts until released
+        or its end time (what `labctl lease acquire` uses).
         """
         wait_s = parse_duration(wait)
         info = self.client.call(
@@ -227,8 +230,10 @@ class Lab:
             duration=parse_duration(duration),
             wait=wait_s,
             holder=holder_identity(),
+            keepalive=keepalive,
         )
-        self._keepalive.add(info["id"], float(info["grace"]))
+        if keepalive:
+            self._keepalive.add(info["id"], float(info["grace"]))
         return Lease(self, info)
 
     def attach(self, lease_id: str) -> Lease:

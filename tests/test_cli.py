@@ -143,3 +143,15 @@ def test_events_follow_prints_new_events_as_they_happen(lab1: LabHarness) -> Non
     finally:
         follow.kill()
         follow.wait()
+
+
+def test_a_lease_from_the_cli_outlives_the_command_and_the_grace_period(lab1: LabHarness) -> None:
+    from labctl.errors import Timeout
+
+    lease_id = lab1.run_cli("lease", "acquire", "dut=rpi4-01", "--duration", "5m", "-o", "name").stdout.strip()
+    with lab1.lab().event_stream(f"lease.{lease_id}.ended") as events, pytest.raises(Timeout):
+        events.wait_for(f"lease.{lease_id}.ended", timeout=2.5)  # grace here is 1 s
+    assert lab1.run_cli("power", "on", "pdu1.1", "--lease", lease_id).stdout.strip() == "on"
+    assert lab1.run_cli("lease", "release", lease_id).returncode == 0
+    ended = lab1.run_cli("power", "off", "pdu1.1", "--lease", lease_id)
+    assert ended.returncode == 7 and f"lease {lease_id} is not active" in ended.stderr
