@@ -128,6 +128,8 @@ class StreamRouter:
         credit = h.get("credit", 0)
         if not isinstance(credit, int) or credit < 0:
             raise ProtocolError("credit must be a non-negative integer")
+        if not isinstance(h.get("args") or {}, dict):
+            raise ProtocolError("stream arguments must be a map")
         self._next_sid += 1
         route = Route(
             sid=self._next_sid,

@@ -199,7 +199,8 @@ def events(follow: bool, topic: str, since: str | None, fmt: str, broker: str | 
         if not follow:
             _print_events(lab.client.call("events", since=since_s, topic=topic, limit=10000), fmt)
             return
-        with lab.event_stream(topic) as stream:
+        with lab.event_stream(topic) as stream:  # live once this returns
+            click.echo(f"following {topic} (Ctrl-C to stop)", err=True)
             if since_s is not None:
                 _print_events(stream.history(since_s), fmt)
             while True:

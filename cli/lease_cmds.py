@@ -109,6 +109,19 @@ def lease_release(lease_id: str, force: bool, reason: str, broker: str | None) -
     click.echo(f"released {lease_id}")
 
 
+def _run_forwarding_ctrl_c(argv: list[str], env: dict[str, str]) -> int:
+    """Run the command to its end. Ctrl-C reaches it (same process group) and it decides
+    how to stop (pytest tears down its fixtures); we wait for it, then release."""
+    import signal
+
+    proc = subprocess.Popen(argv, env=env)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("selector")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -131,7 +144,7 @@ def shell(
         click.echo(f"lease {held.id}: {', '.join(held.devices)}", err=True)
         started = time.monotonic()
         try:
-            rc = subprocess.call(argv, env=env)
+            rc = _run_forwarding_ctrl_c(argv, env)
         except FileNotFoundError:
             click.echo(f"error: command not found: {argv[0]}", err=True)
             rc = 127

@@ -363,13 +363,19 @@ class ServiceRuntime:
         sid, device, name = h.get("sid"), h.get("device"), h.get("stream")
         drv = self.drivers.get(device)  # type: ignore[arg-type]
         opener = getattr(drv, "open_stream", None)
+        args = h.get("args") or {}
         if not isinstance(sid, int) or drv is None or opener is None or name not in drv.streams:
-            hdr = {"sid": sid, "reason": f"{device!r} has no stream {name!r}"}
-            self._send_now(protocol.encode(protocol.STREAM_CLOSE, hdr))
+            reason = f"{device!r} has no stream {name!r}"
+        elif not isinstance(args, dict):
+            reason = "stream arguments must be a map"
+        else:
+            reason = ""
+        if reason:
+            self._send_now(protocol.encode(protocol.STREAM_CLOSE, {"sid": sid, "reason": reason}))
             return
         end = BusStreamEnd(
             sid,
-            dict(h.get("args") or {}),
+            args,
             bool(h.get("writable")),
             int(h.get("credit", 0)),
             self._send,
@@ -412,7 +418,8 @@ class ServiceRuntime:
 
     @staticmethod
     async def _finish_stream(end: BusStreamEnd) -> None:
-        """Let the driver take what the client wrote before it closed, then end the task."""
-        with trio.move_on_after(2):
-            await end.drained.wait()
+        """Let the driver take (and write) what the client sent before it closed, then end
+        the task; a driver that reads no input (a read-only stream) gets 2 s at most."""
+        with trio.move_on_after(0 if not end.writable else 2):
+            await end.drained.wait()  # set when the driver asks for more: all is written
         end.scope.cancel()

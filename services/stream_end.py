@@ -94,9 +94,7 @@ class BusStreamEnd:
     def remote_closed(self) -> None:
         """The client closed: no more output; input already sent is still delivered."""
         self.closed = True
-        self._inbox_send.close()
-        if self._inbox.statistics().current_buffer_used == 0:
-            self.drained.set()
+        self._inbox_send.close()  # receive() sets `drained` when it hits the end
         self._credit_changed.set()
 
     async def close(self, reason: str = "") -> None:
