@@ -59,13 +59,17 @@ class BrokerCalls:
 
     def devices(self, ident: bytes, rid: Any, selector: str = "") -> list[dict[str, Any]]:
         leases = self.broker.leases
-        return [d.summary(leases.holder_of(d)) for d in self.broker.registry.query(parse(selector))]
+        return [
+            d.summary(leases.holder_of(d), leases.ref_of_device(d))
+            for d in self.broker.registry.query(parse(selector))
+        ]
 
     def device(self, ident: bytes, rid: Any, name: str) -> dict[str, Any]:
         dev = self.broker.registry.devices.get(name)
         if dev is None:
             raise DeviceNotFound(f"no device named {name!r}", {"device": name})
-        out = dev.summary(self.broker.leases.holder_of(dev))
+        leases = self.broker.leases
+        out = dev.summary(leases.holder_of(dev), leases.ref_of_device(dev))
         out["interface"] = dev.interface
         out["on_release"] = dev.on_release
         return out
@@ -118,12 +122,22 @@ class BrokerCalls:
         reset: bool = True,
         who: str = "?",
     ) -> dict[str, Any]:
+        """Release by id (the holder); an admin may force it by public ref, with a reason."""
         leases = self.broker.leases
-        lease = leases.get(id)
         if force and not reason:
             raise BadRequest("a forced release needs a reason (--reason TEXT)")
+        if id in leases.leases:
+            lease = leases.get(id)
+        elif force:
+            lease = leases.by_ref(id)
+        else:
+            leases.by_ref(id)  # an unknown ref reads "no active lease" like an unknown id
+            raise BadRequest(
+                f"{id} is a lease's public ref; its holder releases it by id, "
+                "or force it with --force --reason TEXT"
+            )
         leases.end(lease.id, "forced" if force else "released", who=who, reset=reset, why=reason)
-        return {"id": lease.id, "released": True}
+        return {"ref": lease.ref, "released": True}
 
     def lease_extend(
         self, ident: bytes, rid: Any, id: str, duration: float, who: str = "?"
@@ -145,10 +159,14 @@ class BrokerCalls:
             {"position": i, "selector": w.selector, "holder": w.holder, "since": w.queued_at}
             for i, w in enumerate(leases.queue, 1)
         ]
-        return {"leases": [leases.describe(lid) for lid in leases.leases], "queue": queued}
+        return {"leases": [lease.public() for lease in leases.leases.values()], "queue": queued}
 
     def lease_show(self, ident: bytes, rid: Any, id: str) -> dict[str, Any]:
-        return self.broker.leases.describe(id)
+        """By id: the holder's view; by public ref: what anyone may see."""
+        leases = self.broker.leases
+        if id in leases.leases:
+            return leases.describe(id)
+        return leases.by_ref(id).public()
 
 
 _LATER = object()

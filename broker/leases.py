@@ -11,6 +11,7 @@ callers get no answer and their ``lease()`` call times out (PROTOCOL.md §8).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 import time
@@ -41,6 +42,12 @@ log = structlog.get_logger("leases")
 MAX_SECONDS = 366 * 86400.0  # durations and waits: anything longer is a typo
 
 
+def ref_of(lease_id: str) -> str:
+    """The public name of a lease: listings, events and the audit journal use it, so seeing
+    a lease never gives the id that acts on its devices."""
+    return hashlib.sha256(lease_id.encode()).hexdigest()[:12]
+
+
 @dataclass(slots=True)
 class Lease:
     id: str
@@ -51,6 +58,16 @@ class Lease:
     end: float
     grace: float
     keepalive_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def ref(self) -> str:
+        return ref_of(self.id)
+
+    def public(self) -> dict[str, Any]:
+        """What anyone may see: everything but the id, which is the holder's credential."""
+        row = self.row()
+        del row["id"]
+        return {"ref": self.ref, **row}
 
     def row(self) -> dict[str, Any]:
         return {
@@ -205,11 +222,13 @@ class LeaseTable:
             grace=grace,
         )
         self.broker.store.save_lease(lease.row())
-        self.broker.store.audit(holder, "lease.granted", lease.id, f"{selector} -> {lease.devices}")
+        self.broker.store.audit(
+            holder, "lease.granted", lease.ref, f"{selector} -> {lease.devices}"
+        )
         self.leases[lease.id] = lease
         for d in devs:
             d.lease = lease.id
-        self.broker.publish(f"lease.{lease.id}.granted", lease.row())
+        self.broker.publish(f"lease.{lease.ref}.granted", lease.public())
         self._changed.set()
         return lease
 
@@ -318,7 +337,7 @@ class LeaseTable:
         lease.end = max(lease.end, time.time()) + _positive(duration, "duration")  # validated first
         lease.keepalive_at = time.monotonic()
         self.broker.store.save_lease(lease.row())
-        self.broker.store.audit(who, "lease.extended", lease.id, f"end={lease.end:.0f}")
+        self.broker.store.audit(who, "lease.extended", lease.ref, f"end={lease.end:.0f}")
         self._changed.set()
         return self._describe(lease)
 
@@ -329,7 +348,7 @@ class LeaseTable:
         if lease is None:
             return
         self.broker.store.delete_lease(lease_id)
-        self.broker.store.audit(who, "lease.ended", lease_id, f"{reason} {why}".strip())
+        self.broker.store.audit(who, "lease.ended", lease.ref, f"{reason} {why}".strip())
         for name in lease.devices:
             dev = self.broker.registry.devices.get(name)
             if dev is None:  # not registered since a broker restart: reset it when it is
@@ -346,9 +365,9 @@ class LeaseTable:
                     self.owed_reset.add(name)
         self.broker.streams.lease_ended(lease_id)
         self.broker.publish(
-            f"lease.{lease_id}.ended", {"reason": reason, "devices": lease.devices, "why": why}
+            f"lease.{lease.ref}.ended", {"reason": reason, "devices": lease.devices, "why": why}
         )
-        log.info("lease ended", lease=lease_id, reason=reason, devices=lease.devices)
+        log.info("lease ended", lease=lease.ref, reason=reason, devices=lease.devices)
         self.poke()
 
     def _reset(self, dev: Device) -> None:
@@ -402,9 +421,20 @@ class LeaseTable:
     def describe(self, lease_id: Any) -> dict[str, Any]:
         return self._describe(self.get(lease_id))
 
+    def by_ref(self, ref: Any) -> Lease:
+        for lease in self.leases.values():
+            if lease.ref == ref:
+                return lease
+        raise LeaseNotFound(f"no active lease {ref!r} (released or expired?)")
+
+    def ref_of_device(self, dev: Device) -> str | None:
+        return ref_of(dev.lease) if dev.lease else None
+
     def _describe(self, lease: Lease) -> dict[str, Any]:
+        """The holder's view: with the id (the holder has it anyway) and the interfaces."""
         devs = self.broker.registry.devices
         return {
+            "ref": lease.ref,
             **lease.row(),
             "kinds": {n: devs[n].kind for n in lease.devices if n in devs},
             "interfaces": {n: devs[n].interface for n in lease.devices if n in devs},

@@ -50,7 +50,8 @@ class Device:
     def method(self, name: str) -> dict[str, Any] | None:
         return self.interface.get("methods", {}).get(name)
 
-    def summary(self, holder: str | None = None) -> dict[str, Any]:
+    def summary(self, holder: str | None = None, lease_ref: str | None = None) -> dict[str, Any]:
+        """The public view; ``lease`` is the lease's public ref, never its id."""
         return {
             "name": self.name,
             "kind": self.kind,
@@ -60,7 +61,7 @@ class Device:
             "offline_reason": "" if self.online else self.offline_reason(),
             "health": self.health,
             "health_reason": self.health_reason,
-            "lease": self.lease,
+            "lease": lease_ref,
             "holder": holder,
             "status": self.status,
             "service": self.service,

@@ -14,7 +14,7 @@ from .main import broker_option, lab_from, main, output_option
 from .output import emit, when
 
 LEASE_COLUMNS = [
-    ("id", lambda x: x["id"]),
+    ("ref", lambda x: x["ref"]),
     ("holder", lambda x: x["holder"]),
     ("devices", lambda x: ",".join(x["devices"])),
     ("selector", lambda x: x["selector"]),
@@ -38,7 +38,10 @@ def lease() -> None:
 @output_option
 @broker_option
 def lease_acquire(selector: str, duration: str, wait: str, fmt: str, broker: str | None) -> None:
-    """Lease one free group matching SELECTOR and print it.
+    """Lease one free group matching SELECTOR and print it (-o name: just the id).
+
+    The id is the lease's credential: whoever has it can act on the devices, so it is
+    shown only here; listings and events show the lease's public ref instead.
 
     The lease outlives this command: it lasts until `labctl lease release` or its end
     time (no keepalives needed). Use it with --lease or LABCTL_LEASE.
@@ -57,7 +60,7 @@ def lease_list(fmt: str, broker: str | None) -> None:
     """Active leases, and requests waiting in the queue."""
     with lab_from(broker) as lab:
         out = lab.client.call("lease.list")
-    emit(out["leases"], fmt, LEASE_COLUMNS, "id")
+    emit(out["leases"], fmt, LEASE_COLUMNS, "ref")
     if fmt == "table" and out["queue"]:
         click.echo("\nqueued:")
         for q in out["queue"]:
@@ -71,9 +74,9 @@ def lease_list(fmt: str, broker: str | None) -> None:
 @output_option
 @broker_option
 def lease_show(lease_id: str, fmt: str, broker: str | None) -> None:
-    """One lease in detail."""
+    """One lease in detail, by id or public ref."""
     with lab_from(broker) as lab:
-        emit(lab.client.call("lease.show", id=lease_id), fmt, LEASE_COLUMNS, "id")
+        emit(lab.client.call("lease.show", id=lease_id), fmt, LEASE_COLUMNS, "ref")
 
 
 @lease.command("extend")
@@ -90,7 +93,7 @@ def lease_extend(lease_id: str, duration: str, fmt: str, broker: str | None) -> 
         info = lab.client.call(
             "lease.extend", id=lease_id, duration=parse_duration(duration), who=holder_identity()
         )
-    emit(info, fmt, LEASE_COLUMNS, "id")
+    emit(info, fmt, LEASE_COLUMNS, "ref")
 
 
 @lease.command("release")
@@ -99,7 +102,7 @@ def lease_extend(lease_id: str, duration: str, fmt: str, broker: str | None) -> 
 @click.option("--reason", default="", help="Why; required with --force, kept in the audit journal.")
 @broker_option
 def lease_release(lease_id: str, force: bool, reason: str, broker: str | None) -> None:
-    """Give a lease back; its devices are reset as their on_release says."""
+    """Give a lease back by its id; an admin forces one by ref with --force --reason."""
     from labctl.client import holder_identity
 
     with lab_from(broker) as lab:

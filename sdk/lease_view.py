@@ -15,6 +15,11 @@ class LeaseView:
         self.id: str = info["id"]
 
     @property
+    def ref(self) -> str:
+        """The public name listings and events use (``lease.<ref>.ended``)."""
+        return str(self.info["ref"])
+
+    @property
     def devices(self) -> list[str]:
         return list(self.info["devices"])
 

@@ -56,7 +56,9 @@ def test_lease_commands_and_lease_from_the_environment(lab1: LabHarness) -> None
     assert acquired.returncode == 0, acquired.stderr
     lease_id = acquired.stdout.strip()
     listed = json.loads(lab1.run_cli("lease", "list", "-o", "json").stdout)
-    assert [x["id"] for x in listed] == [lease_id]
+    ref = listed[0]["ref"]
+    assert len(listed) == 1 and "id" not in listed[0]  # listings never show the credential
+    assert lease_id not in lab1.run_cli("devices", "-o", "json").stdout
     assert lab1.run_cli("lease", "show", lease_id, "-o", "json").returncode == 0
     ext = json.loads(
         lab1.run_cli("lease", "extend", lease_id, "--duration", "1h", "-o", "json").stdout
@@ -71,11 +73,12 @@ def test_lease_commands_and_lease_from_the_environment(lab1: LabHarness) -> None
         lab1.run_cli("call", "pdu1.1", "cycle", "wait=0", "--lease", lease_id).stdout.strip()
         == "on"
     )
+    by_ref = lab1.run_cli("power", "off", "pdu1.1", "--lease", ref)  # a ref acts on nothing
+    assert by_ref.returncode == 7 and f"lease {ref} is not active" in by_ref.stderr
+    assert "public ref" in lab1.run_cli("lease", "release", ref).stderr
     forced = lab1.run_cli("lease", "release", lease_id, "--force")
     assert forced.returncode == 2 and "needs a reason" in forced.stderr
-    assert (
-        lab1.run_cli("lease", "release", lease_id, "--force", "--reason", "stale").returncode == 0
-    )
+    assert lab1.run_cli("lease", "release", ref, "--force", "--reason", "stale").returncode == 0
     gone = lab1.run_cli("lease", "release", lease_id)
     assert gone.returncode == 7 and "no active lease" in gone.stderr
 
@@ -147,8 +150,9 @@ def test_a_lease_from_the_cli_outlives_the_command_and_the_grace_period(lab1: La
     lease_id = lab1.run_cli(
         "lease", "acquire", "dut=rpi4-01", "--duration", "5m", "-o", "name"
     ).stdout.strip()
-    with lab1.lab().event_stream(f"lease.{lease_id}.ended") as events, pytest.raises(Timeout):
-        events.wait_for(f"lease.{lease_id}.ended", timeout=2.5)  # grace here is 1 s
+    ref = lab1.lab().client.call("lease.show", id=lease_id)["ref"]
+    with lab1.lab().event_stream(f"lease.{ref}.ended") as events, pytest.raises(Timeout):
+        events.wait_for(f"lease.{ref}.ended", timeout=2.5)  # grace here is 1 s
     assert lab1.run_cli("power", "on", "pdu1.1", "--lease", lease_id).stdout.strip() == "on"
     assert lab1.run_cli("lease", "release", lease_id).returncode == 0
     ended = lab1.run_cli("power", "off", "pdu1.1", "--lease", lease_id)

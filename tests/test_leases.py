@@ -55,7 +55,7 @@ def test_lease_takes_a_whole_group_and_gives_access_by_kind_and_name(lab2: LabHa
         with pytest.raises(LabError, match="not 'nope'"):
             lease["nope"]
         held = {d["name"]: d for d in lab.devices("board=rpi4")}
-        assert held[f"{dut}-power"]["lease"] == lease.id and held[f"{dut}-power"]["holder"]
+        assert held[f"{dut}-power"]["lease"] == lease.ref and held[f"{dut}-power"]["holder"]
     assert all(d["lease"] is None for d in lab.devices())
 
 
@@ -66,7 +66,7 @@ def test_release_on_exception_and_reset_as_configured(lab2: LabHarness) -> None:
             lease["rpi4-01-power"].on()
             lease["rpi4-01-aux"].on()
             raise RuntimeError("test failed")
-        ev = events.wait_for(f"lease.{lease.id}.ended")
+        ev = events.wait_for(f"lease.{lease.ref}.ended")
     assert ev["body"]["reason"] == "released"
     wait_until(lambda: lab.device("rpi4-01-power").state() == "off", 5, "power reset to off")
     assert lab.device("rpi4-01-aux").state() == "on"  # on_release: keep
@@ -141,7 +141,7 @@ def test_lease_expires_at_its_end_time(lab2: LabHarness) -> None:
     lab = lab2.lab()
     with lab.event_stream("lease.*") as events:
         lease = lab.lease("dut=rpi4-02", duration=0.5)
-        ev = events.wait_for(f"lease.{lease.id}.ended", timeout=5)
+        ev = events.wait_for(f"lease.{lease.ref}.ended", timeout=5)
     assert ev["body"]["reason"] == "expired"
     with pytest.raises(LeaseNotFound):
         lease.extend("1m")
@@ -160,7 +160,7 @@ import sys, time
 from labctl.lab import Lab
 lab = Lab(sys.argv[1])
 lease = lab.lease("dut=rpi4-01", duration="10m")
-print(lease.id, flush=True)
+print(lease.ref, flush=True)
 time.sleep(600)
 """
 
@@ -171,14 +171,14 @@ def test_killed_holder_loses_the_lease_after_the_grace_period(lab2: LabHarness) 
     )
     try:
         assert holder.stdout is not None
-        lease_id = holder.stdout.readline().strip()
+        ref = holder.stdout.readline().strip()
         lab = lab2.lab()
-        with lab.event_stream(f"lease.{lease_id}.*") as events:
+        with lab.event_stream(f"lease.{ref}.*") as events:
             with pytest.raises(Timeout):  # keepalives hold it well past the 1 s grace
-                events.wait_for(f"lease.{lease_id}.ended", timeout=2.5)
+                events.wait_for(f"lease.{ref}.ended", timeout=2.5)
             holder.send_signal(signal.SIGKILL)
             killed = time.monotonic()
-            ev = events.wait_for(f"lease.{lease_id}.ended", timeout=10)
+            ev = events.wait_for(f"lease.{ref}.ended", timeout=10)
         assert ev["body"]["reason"] == "holder-lost"
         assert time.monotonic() - killed < 5
     finally:
@@ -275,7 +275,7 @@ CTRL_C_HOLDER = """
 import sys, time
 from labctl.lab import Lab
 with Lab(sys.argv[1]) as lab, lab.lease("dut=rpi4-02", duration="10m") as lease:
-    print(lease.id, flush=True)
+    print(lease.ref, flush=True)
     time.sleep(600)
 """
 
@@ -285,10 +285,10 @@ def test_ctrl_c_releases_the_lease_at_once(lab2: LabHarness) -> None:
                               stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
         assert holder.stdout is not None
-        lease_id = holder.stdout.readline().strip()
-        with lab2.lab().event_stream(f"lease.{lease_id}.ended") as events:
+        ref = holder.stdout.readline().strip()
+        with lab2.lab().event_stream(f"lease.{ref}.ended") as events:
             holder.send_signal(signal.SIGINT)
-            ev = events.wait_for(f"lease.{lease_id}.ended", timeout=5)
+            ev = events.wait_for(f"lease.{ref}.ended", timeout=5)
         assert ev["body"]["reason"] == "released"  # not holder-lost after the grace period
         assert holder.wait(5) != 0
     finally:

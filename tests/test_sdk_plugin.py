@@ -53,7 +53,7 @@ def test_pytest_plugin_leases_per_marker_and_releases(
         def test_on(lease, lab):
             assert lease.devices == ["pdu1.2"]
             assert lease.power.on() == "on"
-            assert lab.devices("name=pdu1.2")[0]["lease"] == lease.id
+            assert lab.devices("name=pdu1.2")[0]["lease"] == lease.ref
 
         @pytest.mark.lab("dut=rpi4-02")
         def test_fails_but_releases(lease):
