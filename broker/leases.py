@@ -135,17 +135,27 @@ class LeaseTable:
                 "silent); take a new one",
                 {"lease": lease_id},
             )
+        group = dev.labels.get(self.broker.settings.group_label)
+        selector = f"{self.broker.settings.group_label}={group}" if group else f"name={dev.name}"
         if dev.lease is None:
+            if lease_id is not None:
+                raise LeaseRequired(
+                    f"{action} on {dev.name!r}: your lease {ref_of(lease_id)} does not cover it; "
+                    f"lease it too (`labctl lease acquire {selector}`)",
+                    {"device": dev.name},
+                )
             raise LeaseRequired(
                 f"{action} on {dev.name!r} needs a lease; take one with "
-                f"`labctl lease acquire name={dev.name}` or use the SDK's lab.lease()",
+                f"`labctl lease acquire {selector}` or use the SDK's lab.lease()",
                 {"device": dev.name},
             )
         if dev.lease != lease_id:
             holder = self.leases[dev.lease].holder if dev.lease in self.leases else "?"
             raise DeviceBusy(
                 f"{dev.name!r} is leased by {holder}"
-                + ("" if lease_id is None else f"; lease {lease_id} does not cover it"),
+                + (
+                    "" if lease_id is None else f"; your lease {ref_of(lease_id)} does not cover it"
+                ),
                 {"device": dev.name, "holder": holder},
             )
 

@@ -267,7 +267,7 @@ class Broker:
         if not dev.service_alive:  # an unreachable port or plug still answers status and logs
             raise DeviceOffline(f"device {dev.name!r} is offline ({dev.offline_reason()})")
         if spec.get("mutating"):
-            self.leases.check_access(dev, h.get("lease"), f"call {method}")
+            self.leases.check_access(dev, h.get("lease"), f"{method}()")
         timeout = h.get("timeout")
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             timeout = protocol.DEFAULT_TIMEOUT

@@ -16,7 +16,8 @@ DEVICE_COLUMNS = [
     ("driver", lambda d: d["driver"]),
     ("online", lambda d: "yes" if d["online"] else "no"),
     ("health", lambda d: d["health"]),
-    ("lease", lambda d: d["holder"] or "-"),
+    ("lease", lambda d: d["lease"] or "-"),
+    ("holder", lambda d: d["holder"] or "-"),
     ("status", lambda d: status_text(d["status"])),
     ("labels", lambda d: labels_text(d["labels"])),
 ]
@@ -29,7 +30,7 @@ DEVICE_COLUMNS = [
 def devices(selector: str, fmt: str, broker: str | None) -> None:
     """List devices, optionally those matching a label query."""
     with lab_from(broker) as lab:
-        emit(lab.devices(selector), fmt, DEVICE_COLUMNS)
+        emit(sorted(lab.devices(selector), key=lambda d: d["name"]), fmt, DEVICE_COLUMNS)
 
 
 @main.group()

@@ -50,7 +50,9 @@ def lease_acquire(selector: str, duration: str, wait: str, fmt: str, broker: str
         held = lab.lease(
             selector, duration=duration, wait=wait, progress=_progress, keepalive=False
         )
-        emit(held.info, fmt, LEASE_COLUMNS, "id")
+        emit(held.info, fmt, [("id", lambda x: x["id"]), *LEASE_COLUMNS], "id")
+        if fmt == "table":
+            click.echo(f"use it with --lease {held.id} or LABCTL_LEASE={held.id}", err=True)
 
 
 @lease.command("list")

@@ -176,21 +176,27 @@ def _command(ch: bytes, lab: Any, dev: Any, held: Any) -> bool:
 def log(
     device_name: str, since: int | None, tail: int | None, follow: bool, broker: str | None
 ) -> None:
-    """Print DEVICE's scrollback (absolute byte offsets), optionally following it."""
+    """Print DEVICE's scrollback, optionally following it.
+
+    Bytes have absolute offsets; the range printed goes to stderr, so `--since` can
+    continue exactly where this left off."""
     out = sys.stdout.buffer
     with lab_from(broker) as lab:
         dev = lab.device(device_name)
         kwargs: dict[str, Any] = {"since": since} if since is not None else {}
         if tail is not None:
             kwargs["tail"] = tail
+        first = None
         while True:
             chunk = dev.log(**kwargs)
+            first = chunk["offset"] if first is None else first
             out.write(chunk["data"])
             nxt = chunk["offset"] + len(chunk["data"])
             if nxt >= chunk["end"]:
                 break
             kwargs = {"since": nxt}
         out.flush()
+        click.echo(f"[labctl] bytes {first}..{nxt} (more with --since {nxt})", err=True)
         if follow:
             with dev.stream("console", write=False, since=nxt) as stream:
                 for data in stream:

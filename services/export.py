@@ -41,7 +41,8 @@ def describe_method(fn: Callable[..., Any], mark: dict[str, Any]) -> dict[str, A
             arg["default"] = p.default
         args.append(arg)
     doc = inspect.getdoc(fn) or ""
-    return {"args": args, "mutating": mark["mutating"], "doc": doc.split("\n\n")[0]}
+    summary = doc.split("\n\n")[0].replace("``", "")  # a one-line summary, without reST
+    return {"args": args, "mutating": mark["mutating"], "doc": summary}
 
 
 def exported_methods(obj: object) -> dict[str, Callable[..., Any]]:

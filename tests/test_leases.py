@@ -84,8 +84,10 @@ def test_mutating_calls_need_the_lease_and_errors_name_the_holder(lab2: LabHarne
     with a.lease("dut=rpi4-01") as lease:
         with pytest.raises(DeviceBusy, match="leased by"):
             b.device("rpi4-01-power").on()
-        with pytest.raises(LeaseRequired):
+        with pytest.raises(LeaseRequired, match=r"lease acquire dut=rpi4-02"):
             b.device("rpi4-02-power").on()
+        with pytest.raises(LeaseRequired, match=f"your lease {lease.ref} does not cover it"):
+            b.device("rpi4-02-power", lease=lease).on()
         with b.lease("dut=rpi4-02") as other, pytest.raises(DeviceBusy, match=r"leased by \w"):
             b.device("rpi4-01-power", lease=other).on()
         assert b.device("rpi4-01-power").state() == "off"  # read-only needs no lease
