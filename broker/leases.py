@@ -5,8 +5,9 @@ by default; a device without it is a group of one) or nothing. Requests that can
 served wait in FIFO order: on each change the queue is walked front to back and each
 waiter takes the first free group it matches, so an earlier request always gets first
 pick. Granted leases are written to SQLite before the grant is sent, so ``kill -9`` of the
-broker loses none. Queued requests are not persisted: after a broker restart their
-callers get no answer and their ``lease()`` call times out (PROTOCOL.md §8).
+broker loses none. Queued requests are not persisted: waiters are reminded of their position
+every heartbeat, so after a broker restart the SDK hears nothing and queues again
+(PROTOCOL.md §8).
 """
 
 from __future__ import annotations
@@ -322,6 +323,12 @@ class LeaseTable:
             for i, w in enumerate(self.queue, 1):
                 self._progress(w, i)
         return undelivered
+
+    def remind_waiters(self) -> None:
+        """Tell every queued requester its position again (each heartbeat), so a client
+        that hears nothing knows the broker restarted and lost its request."""
+        for i, w in enumerate(self.queue, 1):
+            self._progress(w, i)
 
     def _expire_waiter(self, w: Waiter) -> None:
         if w.deadline == 0:

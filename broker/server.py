@@ -238,6 +238,7 @@ class Broker:
                     del self.pending[rid]
             wall = time.time()
             self.leases.tick()
+            self.leases.remind_waiters()
             self.store.flush()
             if wall - self._pruned > 3600:
                 self._pruned = wall

@@ -22,8 +22,19 @@ LEASE_COLUMNS = [
 ]
 
 
-def _progress(body: dict[str, Any]) -> None:
-    click.echo(f"waiting in queue: position {body.get('position')}", err=True)
+class _Progress:
+    """Prints the queue position when it changes (the broker repeats it every heartbeat)."""
+
+    def __init__(self) -> None:
+        self.last: Any = None
+
+    def __call__(self, body: dict[str, Any]) -> None:
+        if body.get("requeued"):
+            click.echo("the broker restarted: queueing again", err=True)
+            self.last = None
+        elif body.get("position") != self.last:
+            self.last = body.get("position")
+            click.echo(f"waiting in queue: position {self.last}", err=True)
 
 
 @main.group()
@@ -48,7 +59,7 @@ def lease_acquire(selector: str, duration: str, wait: str, fmt: str, broker: str
     """
     with lab_from(broker) as lab:
         held = lab.lease(
-            selector, duration=duration, wait=wait, progress=_progress, keepalive=False
+            selector, duration=duration, wait=wait, progress=_Progress(), keepalive=False
         )
         emit(held.info, fmt, [("id", lambda x: x["id"]), *LEASE_COLUMNS], "id")
         if fmt == "table":
@@ -142,7 +153,7 @@ def shell(
     """
     with (
         lab_from(broker) as lab,
-        lab.lease(selector, duration=duration, wait=wait, progress=_progress) as held,
+        lab.lease(selector, duration=duration, wait=wait, progress=_Progress()) as held,
     ):
         env = dict(os.environ, LABCTL_LEASE=held.id, LABCTL_BROKER=lab.address)
         argv = list(command) or [os.environ.get("SHELL", "/bin/sh")]

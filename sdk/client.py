@@ -42,6 +42,10 @@ def events_address(bus: str, advertised: str) -> str:
     return advertised
 
 
+class RequestForgotten(Timeout):
+    """A long request went unanswered past its reminders: the broker lost it (restarted)."""
+
+
 class BusClient:
     def __init__(
         self, address: str | None = None, timeout: float = protocol.DEFAULT_TIMEOUT
@@ -70,8 +74,13 @@ class BusClient:
         payload: list[Any] | None = None,
         timeout: float | None = None,
         progress: Any = None,
+        idle: float | None = None,
     ) -> Any:
-        """Send one request and wait for its reply; raise the typed error it carries."""
+        """Send one request and wait for its reply; raise the typed error it carries.
+
+        With ``idle``, a request that hears nothing about itself (reply or progress) for
+        that long raises RequestForgotten: the broker restarted and lost it.
+        """
         timeout = self.timeout if timeout is None else timeout
         rid = self._new_id()
         full_deadline = time.time() + timeout
@@ -88,9 +97,13 @@ class BusClient:
                 )
         self.sock.send_multipart(protocol.encode(mtype, header, *(payload or [])))
         sock = self.sock
+        heard = time.time()
         while True:
-            remaining = deadline - time.time()
+            limit = deadline if idle is None else min(deadline, heard + idle)
+            remaining = limit - time.time()
             if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                if idle is not None and self._answered and time.time() < full_deadline:
+                    raise RequestForgotten(f"the broker stopped answering about request {rid}")
                 raise self._timeout_error(
                     mtype, header, timeout if self._answered else CONNECT_TIMEOUT
                 )
@@ -99,6 +112,7 @@ class BusClient:
             if msg.header.get("id") != rid:
                 self._other(msg)
                 continue
+            heard = time.time()
             if msg.mtype == protocol.REPLY:
                 body = protocol.unpack(msg.payload[0]) if msg.payload else None
                 if msg.header.get("progress"):
@@ -126,12 +140,16 @@ class BusClient:
         return Timeout(f"{dev + '.' if dev else ''}{what}: no reply within {timeout:g}s")
 
     def call(
-        self, method: str, timeout: float | None = None, progress: Any = None, **kwargs: Any
+        self,
+        method: str,
+        timeout: float | None = None,
+        progress: Any = None,
+        idle: float | None = None,
+        **kwargs: Any,
     ) -> Any:
         """A broker call (devices, lease.acquire, ...)."""
-        return self.request(
-            protocol.CALL, {"method": method}, [protocol.pack_args([], kwargs)], timeout, progress
-        )
+        args = [protocol.pack_args([], kwargs)]
+        return self.request(protocol.CALL, {"method": method}, args, timeout, progress, idle)
 
     def call_device(
         self,

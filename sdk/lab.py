@@ -8,11 +8,12 @@ with Lab() as lab:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import protocol
-from .client import BusClient, holder_identity
+from .client import BusClient, RequestForgotten, holder_identity
 from .durations import parse_duration
 from .errors import LabError, LeaseNotFound, MethodNotFound
 from .events import EventStream
@@ -222,16 +223,28 @@ class Lab:
         or its end time (what `labctl lease acquire` uses).
         """
         wait_s = parse_duration(wait)
-        info = self.client.call(
-            "lease.acquire",
-            timeout=wait_s + self.client.timeout,
-            progress=progress,
-            selector=selector,
-            duration=parse_duration(duration),
-            wait=wait_s,
-            holder=holder_identity(),
-            keepalive=keepalive,
-        )
+        give_up = time.monotonic() + wait_s
+        # The broker reminds queued requests of their position every heartbeat; silence
+        # for three heartbeats means it restarted and forgot the queue: ask again.
+        idle = 3 * float(self.hello().get("heartbeat", 2.0)) + 1.0 if wait_s > 0 else None
+        while True:
+            left = max(0.0, give_up - time.monotonic())
+            try:
+                info = self.client.call(
+                    "lease.acquire",
+                    timeout=left + self.client.timeout,
+                    progress=progress,
+                    idle=idle,
+                    selector=selector,
+                    duration=parse_duration(duration),
+                    wait=left,
+                    holder=holder_identity(),
+                    keepalive=keepalive,
+                )
+                break
+            except RequestForgotten:
+                if progress is not None:
+                    progress({"position": None, "requeued": True})
         if keepalive:
             self._keepalive.add(info["id"], float(info["grace"]))
         return Lease(self, info)

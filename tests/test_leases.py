@@ -19,6 +19,7 @@ from labctl.errors import (
     Timeout,
     WaitTimeout,
 )
+from labctl.lab import Lease
 
 from .harness import LABCTL, LabHarness, power_service, wait_until
 
@@ -334,3 +335,29 @@ def test_a_call_running_when_its_lease_ends_cannot_touch_the_next_holders_device
         t.join(10)
         assert isinstance(outcome["result"], LeaseNotFound)
         assert next_holder["rpi4-01-power"].state() == "off"  # the old cycle never switched it on
+
+
+def test_a_queued_request_survives_a_broker_restart(lab2: LabHarness) -> None:
+    holder = lab2.lab()
+    held = holder.lease("dut=rpi4-01")
+    got: dict[str, object] = {}
+    progress: list[dict[str, object]] = []
+
+    def wait_for_it() -> None:
+        lab = lab2.lab(timeout=5)
+        got["lease"] = lab.lease("dut=rpi4-01", wait="60s", progress=progress.append)
+
+    t = threading.Thread(target=wait_for_it)
+    t.start()
+    wait_until(lambda: progress and progress[-1]["position"] == 1, 10, "the request to queue")
+    assert lab2.broker is not None
+    lab2.broker.kill(signal.SIGKILL)
+    lab2.start_broker()  # forgets the queue; keeps the lease
+    wait_until(lambda: any(p.get("requeued") for p in progress), 15, "the SDK to queue again")
+    wait_until(
+        lambda: len(holder.client.call("lease.list")["queue"]) == 1, 15, "the new queue entry"
+    )
+    held.release()
+    t.join(15)
+    assert isinstance(got.get("lease"), Lease)
+    got["lease"].release()  # type: ignore[union-attr]
