@@ -109,6 +109,7 @@ class LeaseTable:
 
     # -- persistence --------------------------------------------------------------------
     def load(self) -> None:
+        self.owed_reset = self.broker.store.load_owed_resets()
         now = time.monotonic()
         for row in self.broker.store.load_leases():
             lease = Lease(**row, keepalive_at=now)
@@ -123,6 +124,7 @@ class LeaseTable:
                 dev.lease = lease.id
         if dev.name in self.owed_reset and dev.lease is None:
             self.owed_reset.discard(dev.name)
+            self.broker.store.set_owed_reset(dev.name, False)
             if dev.on_release == "reset":
                 self._reset(dev)
         if dev.name in self.remembered_health:
@@ -324,6 +326,11 @@ class LeaseTable:
                 self._progress(w, i)
         return undelivered
 
+    def _owe_reset(self, name: str) -> None:
+        """Remember (durably) to reset a device that cannot be reset now."""
+        self.owed_reset.add(name)
+        self.broker.store.set_owed_reset(name, True)
+
     def remind_waiters(self) -> None:
         """Tell every queued requester its position again (each heartbeat), so a client
         that hears nothing knows the broker restarted and lost its request."""
@@ -370,7 +377,7 @@ class LeaseTable:
             dev = self.broker.registry.devices.get(name)
             if dev is None:  # not registered since a broker restart: reset it when it is
                 if reset:
-                    self.owed_reset.add(name)
+                    self._owe_reset(name)
                 continue
             if dev.lease != lease_id:
                 continue
@@ -379,7 +386,7 @@ class LeaseTable:
                 if dev.service_alive:
                     self._reset(dev)
                 else:
-                    self.owed_reset.add(name)
+                    self._owe_reset(name)
         self.broker.streams.lease_ended(lease_id)
         self.broker.publish(
             f"lease.{lease.ref}.ended", {"reason": reason, "devices": lease.devices, "why": why}

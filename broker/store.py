@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, who TEXT NOT NULL,
     action TEXT NOT NULL, target TEXT NOT NULL, why TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS owed_reset (device TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS health (
     device TEXT PRIMARY KEY, health TEXT NOT NULL, reason TEXT NOT NULL DEFAULT ''
@@ -151,6 +152,15 @@ class Store:
 
     def set_health(self, device: str, health: str, reason: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO health VALUES (?,?,?)", (device, health, reason))
+
+    def set_owed_reset(self, device: str, owed: bool) -> None:
+        if owed:
+            self.db.execute("INSERT OR IGNORE INTO owed_reset VALUES (?)", (device,))
+        else:
+            self.db.execute("DELETE FROM owed_reset WHERE device = ?", (device,))
+
+    def load_owed_resets(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT device FROM owed_reset")}
 
     def load_health(self) -> dict[str, tuple[str, str]]:
         return {r[0]: (r[1], r[2]) for r in self.db.execute("SELECT * FROM health")}

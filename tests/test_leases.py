@@ -361,3 +361,22 @@ def test_a_queued_request_survives_a_broker_restart(lab2: LabHarness) -> None:
     t.join(15)
     assert isinstance(got.get("lease"), Lease)
     got["lease"].release()  # type: ignore[union-attr]
+
+
+def test_a_lease_ending_while_its_device_is_offline_resets_it_when_it_returns(
+    harness: LabHarness,
+) -> None:
+    harness.start_broker()
+    svc = harness.start_service(power_service("pdu7", outlets=1))
+    lab = harness.lab()
+    lease = lab.lease("name=pdu7.1")
+    lease["pdu7.1"].on()
+    svc.kill(signal.SIGKILL)
+    harness.wait_online(["pdu7.1"], online=False)
+    lease.release()  # the reset is owed, and must survive a broker restart too
+    assert harness.broker is not None
+    harness.broker.kill(signal.SIGKILL)
+    harness.start_broker()
+    # the mock starts "off", so start it "on" to see the owed reset switch it off
+    harness.start_service(power_service("pdu7", outlets=1) | {"config": {"initial": True}})
+    wait_until(lambda: harness.lab().device("pdu7.1").state() == "off", 10, "the owed reset")
