@@ -9,9 +9,9 @@ end the process.
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import inspect
+import math
 import os
 import socket
 import time
@@ -78,7 +78,6 @@ class ServiceRuntime:
         self.zctx = zmq.Context.instance()
         self.drivers = build_drivers(cfg, source, self)
         self.methods = {name: exported_methods(d) for name, d in self.drivers.items()}
-        self._sigs: dict[tuple[str, str], inspect.Signature] = {}
         self.sock: TrioSocket | None = None
         self.heartbeat = cfg.heartbeat or protocol.HEARTBEAT_INTERVAL
         self.liveness = protocol.HEARTBEAT_LIVENESS
@@ -89,6 +88,8 @@ class ServiceRuntime:
         self._nursery: trio.Nursery | None = None
         self._backoff = 0.1
         self._mutating: dict[str, set[trio.CancelScope]] = {}  # running mutating calls
+        self._revoked: set[trio.CancelScope] = set()  # cancelled because their lease ended
+        self._entries: dict[tuple[str, str], tuple[Any, bool, bool, inspect.Signature | None]] = {}
 
     # -- what drivers call --------------------------------------------------------------
     def publish(self, topic: str, body: Any) -> None:
@@ -267,36 +268,53 @@ class ServiceRuntime:
                     # calls still running under the ended lease must not touch the device
                     # after the reset (or while the next holder has it)
                     for scope in self._mutating.pop(drv.name, set()):
+                        self._revoked.add(scope)
                         scope.cancel()
                     nursery.start_soon(self._run_reset, drv)
                 return
-            fn = self.methods.get(device, {}).get(method)  # type: ignore[arg-type]
-            if fn is None:
-                raise MethodNotFound(f"{device!r} has no method {method!r}")
+            entry = self._entries.get((device, method))  # type: ignore[arg-type]
+            if entry is None:
+                entry = self._entry(device, method)  # type: ignore[arg-type]
+            fn, is_async, mutating, sig = entry
             args, kwargs = protocol.unpack_args(msg.payload[0]) if msg.payload else ([], {})
-            self._check_args(device, method, fn, args, kwargs)  # type: ignore[arg-type]
-            if inspect.iscoroutinefunction(fn):
+            if sig is not None or args or kwargs:  # a method without parameters needs no bind
+                self._check_args(device, method, sig or inspect.signature(fn), args, kwargs)  # type: ignore[arg-type]
+            if is_async:
                 timeout = h.get("timeout")
-                limit = (
-                    float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
-                )
+                # one cancel scope: its deadline is the caller's timeout, and a lease end
+                # cancels it (mutating calls only)
                 scope = trio.CancelScope()
-                mark = find_mark(self.drivers[device], method)  # type: ignore[index]
-                if mark is not None and mark["mutating"]:
+                if isinstance(timeout, (int, float)) and timeout > 0:
+                    scope.deadline = trio.current_time() + timeout
+                if mutating:
                     self._mutating.setdefault(device, set()).add(scope)  # type: ignore[arg-type]
-                nursery.start_soon(self._run_call, rid, fn, args, kwargs, limit, scope, device)
+                nursery.start_soon(self._run_call, rid, fn, args, kwargs, scope, device)
                 return
             self._reply(rid, fn(*args, **kwargs))
         except Exception as exc:
             self._reply_error(rid, exc, device, method)
 
+    def _entry(self, device: str, method: str) -> tuple[Any, bool, bool, inspect.Signature | None]:
+        """How to call ``device.method``, worked out once: the bound method, whether it is
+        async, whether it mutates, and its signature (None when it takes no arguments)."""
+        fn = self.methods.get(device, {}).get(method)
+        if fn is None:
+            raise MethodNotFound(f"{device!r} has no method {method!r}")
+        mark = find_mark(self.drivers[device], method)
+        sig = inspect.signature(fn)
+        entry = (
+            fn,
+            inspect.iscoroutinefunction(fn),
+            bool(mark and mark["mutating"]),
+            sig if sig.parameters else None,
+        )
+        self._entries[(device, method)] = entry
+        return entry
+
+    @staticmethod
     def _check_args(
-        self, device: str, method: str, fn: Any, args: list[Any], kwargs: dict[str, Any]
+        device: str, method: str, sig: inspect.Signature, args: list[Any], kwargs: dict[str, Any]
     ) -> None:
-        key = (device, method)
-        sig = self._sigs.get(key)
-        if sig is None:
-            sig = self._sigs[key] = inspect.signature(fn)
         try:
             sig.bind(*args, **kwargs)
         except TypeError as exc:
@@ -308,27 +326,23 @@ class ServiceRuntime:
         fn: Any,
         args: list[Any],
         kwargs: dict[str, Any],
-        limit: float | None,
         scope: trio.CancelScope,
         device: str,
     ) -> None:
         """Run one call; past the caller's timeout it is cancelled (nobody waits any more),
         and a mutating call is cancelled when its lease ends (``__reset__``)."""
+        revoked = scope.deadline == math.inf  # no timeout: any cancel is a lease end
         try:
-            with scope, trio.fail_after(limit) if limit else contextlib.nullcontext():
+            with scope:
                 result = await fn(*args, **kwargs)
             if scope.cancelled_caught:
-                self._reply_error(
-                    rid, LeaseNotFound("the lease ended while the call ran"), device, None
-                )
+                if revoked or scope in self._revoked:
+                    self._revoked.discard(scope)
+                    err = LeaseNotFound("the lease ended while the call ran")
+                    self._reply_error(rid, err, device, None)
+                else:
+                    log.warning("call cancelled after its timeout", device=device)
                 return
-        except trio.TooSlowError:
-            log.warning(
-                "call cancelled after its timeout",
-                method=getattr(fn, "__name__", "?"),
-                timeout=limit,
-            )
-            return
         except Exception as exc:
             self._reply_error(rid, exc, None, getattr(fn, "__name__", "?"))
             return
