@@ -64,6 +64,7 @@ class Device:
             "lease": lease_ref,
             "holder": holder,
             "status": self.status,
+            "status_ts": self.status_ts,  # when the service last published it (epoch s)
             "service": self.service,
         }
 

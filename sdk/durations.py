@@ -34,17 +34,3 @@ def _parse(value: str) -> float:
     if pos != len(text) or not text:
         raise BadRequest(f"invalid duration {value!r}; write it like 90s, 30m, 1h30m or 2d")
     return total
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 0:
-        return "-" + format_duration(-seconds)
-    out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            out.append(f"{seconds // size}{unit}")
-            seconds %= size
-    if seconds or not out:
-        out.append(f"{seconds}s")
-    return "".join(out)
