@@ -97,19 +97,9 @@ class BrokerCalls:
         return self.broker.store.audit_rows(int(limit))
 
     # -- leases -------------------------------------------------------------------------
-    def lease_acquire(
-        self,
-        ident: bytes,
-        rid: Any,
-        selector: str,
-        duration: Any = 1800.0,
-        wait: Any = 0.0,
-        holder: str = "anonymous",
-        keepalive: bool = True,
-    ) -> Any:
-        result = self.broker.leases.acquire(
-            ident, rid, selector, duration, wait, holder, bool(keepalive)
-        )
+    def lease_acquire(self, ident: bytes, rid: Any, **args: Any) -> Any:
+        """Arguments as LeaseTable.acquire; an unknown one is bad-arguments (TypeError)."""
+        result = self.broker.leases.acquire(ident, rid, **args)
         return _LATER if result is None else result
 
     def lease_release(

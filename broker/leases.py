@@ -185,7 +185,7 @@ class LeaseTable:
         holder = str(holder or "anonymous")
         # a lease taken for later use (`labctl lease acquire`) lives to its end time with
         # no keepalives; one held by a running program ends soon after that program does
-        grace = self.broker.settings.lease_grace if keepalive else MAX_SECONDS
+        grace = self.broker.settings.lease_grace if bool(keepalive) else MAX_SECONDS
         matched = self.broker.registry.query(sel)
         if not matched:
             raise NoMatch(f"no device matches selector {selector!r}", {"selector": selector})

@@ -65,25 +65,20 @@ class Device:
         the service goes away, the stream reopens where it left off for up to ``resume``
         seconds before it reports the stream closed (0: report at once).
         """
-        from .streams import open_stream
+        from .streams import ByteStream
 
         if write is None:
             write = self.lease_id is not None
-        return open_stream(
-            self._lab, self.name, name, write=write, lease=self.lease_id, args=args, resume=resume
-        )
+        return ByteStream(self._lab, self.name, name, write, self.lease_id, args, resume)
 
     def console(
         self, since: int | None = None, write: bool | None = None, encoding: str | None = "utf-8"
     ) -> Any:
         """A pexpect-style console over the device's ``console`` stream."""
-        from .streams import open_console
+        from .console import Console
 
-        if write is None:
-            write = self.lease_id is not None
-        return open_console(
-            self._lab, self.name, write=write, lease=self.lease_id, since=since, encoding=encoding
-        )
+        args = {} if since is None else {"since": since}
+        return Console(self.stream("console", write=write, **args), encoding=encoding)
 
     def __repr__(self) -> str:
         return f"<Device {self.name} kind={self.kind}>"

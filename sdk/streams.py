@@ -215,24 +215,3 @@ class ByteStream:
             if not data:
                 return
             yield data
-
-
-def open_stream(
-    lab: Lab,
-    device: str,
-    name: str,
-    write: bool,
-    lease: str | None,
-    args: dict[str, Any],
-    resume: float = RESUME_FOR,
-) -> ByteStream:
-    return ByteStream(lab, device, name, write, lease, args, resume)
-
-
-def open_console(
-    lab: Lab, device: str, write: bool, lease: str | None, since: int | None, encoding: str | None
-) -> Any:
-    from .console import Console
-
-    args = {} if since is None else {"since": since}
-    return Console(ByteStream(lab, device, "console", write, lease, args), encoding=encoding)
