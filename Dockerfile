@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # Only what the distribution is built from (there is no .dockerignore: no .git, no caches).
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY sdk ./sdk
 COPY broker ./broker
 COPY services ./services

@@ -38,24 +38,22 @@ class BrokerCalls:
         }
 
     def dispatch(self, ident: bytes, msg: Message) -> None:
-        rid = msg.header.get("id")
-        name = msg.header.get("method")
+        call = protocol.Call.parse(msg)
+        rid, name = call.id, call.method
         fn = self.table.get(name) if isinstance(name, str) else None
         if fn is None:
             raise BadRequest(f"the broker has no call {name!r}; it has {', '.join(self.table)}")
-        _, kwargs = protocol.unpack_args(msg.payload[0]) if msg.payload else ([], {})
+        kwargs = call.kwargs()
         try:
             result = fn(ident, rid, **kwargs)
         except TypeError as exc:
             raise BadArguments(f"broker call {name}: {exc}") from None
         if result is not _LATER:
-            self.broker.send(
-                ident, protocol.encode(protocol.REPLY, {"id": rid}, protocol.pack(result))
-            )
+            self.broker.send(ident, protocol.Reply(rid, result).to_frames())
 
     # -- discovery ----------------------------------------------------------------------
     def hello(self, ident: bytes, rid: Any) -> dict[str, Any]:
-        return self.broker.welcome()
+        return self.broker.welcome().as_dict()
 
     def devices(self, ident: bytes, rid: Any, selector: str = "") -> list[dict[str, Any]]:
         leases = self.broker.leases

@@ -1,7 +1,7 @@
 """Publishing events: sequence numbers, timestamps, the XPUB socket and the journal.
 
-Wire form on the events socket: ``[topic, msgpack {seq, ts, topic}, body]`` where body is
-the msgpack the publisher sent, forwarded as it came. XPUB drops messages for a
+Wire form on the events socket (``protocol.Published``): ``[topic, msgpack {seq, ts, topic},
+body]`` where body is the msgpack the publisher sent, forwarded as it came. XPUB drops messages for a
 subscriber that falls a high-water mark behind: events are best effort live, and the
 journal (``labctl events --since``) is the record.
 """
@@ -29,21 +29,20 @@ class EventHub:
     def publish_raw(self, topic: str, body: Any, journal: bool = True) -> int:
         """Publish a body that is already msgpack (bytes or a zmq.Frame)."""
         if not journal:
-            meta = protocol.pack({"seq": 0, "ts": time.time(), "topic": topic})
+            event = protocol.Published(0, time.time(), topic, body)
             with contextlib.suppress(zmq.Again):
-                self.sock.send_multipart([topic.encode(), meta, body], zmq.NOBLOCK)
+                self.sock.send_multipart(event.to_frames(), zmq.NOBLOCK)
             return 0
         self.seq += 1
         if self.seq >= self.ceiling:
             self.ceiling = self.store.reserve_seq(self.seq)
-        ts = time.time()
         raw = body.bytes if hasattr(body, "bytes") else bytes(body)
-        meta = protocol.pack({"seq": self.seq, "ts": ts, "topic": topic})
+        event = protocol.Published(self.seq, time.time(), topic, raw)
         try:
-            self.sock.send_multipart([topic.encode(), meta, raw], zmq.NOBLOCK)
+            self.sock.send_multipart(event.to_frames(), zmq.NOBLOCK)
         except zmq.Again:
             pass  # no subscriber can take it now; the journal still has it
-        self.store.add_event(self.seq, ts, topic, raw)
+        self.store.add_event(self.seq, event.ts, topic, raw)
         return self.seq
 
     def publish(self, topic: str, body: Any) -> int:

@@ -267,10 +267,8 @@ class LeaseTable:
         )
 
     def _progress(self, w: Waiter, position: int) -> None:
-        hdr = {"id": w.rid, "progress": True}
-        if not self.broker.send(
-            w.ident, protocol.encode(protocol.REPLY, hdr, protocol.pack({"position": position}))
-        ):
+        reply = protocol.Reply(w.rid, {"position": position}, progress=True)
+        if not self.broker.send(w.ident, reply.to_frames()):
             w.deadline = 0  # the requester is gone; drop it on the next pass
 
     def poke(self) -> None:
@@ -314,10 +312,8 @@ class LeaseTable:
             if lease is None:
                 still.append(w)
                 continue
-            reply = protocol.encode(
-                protocol.REPLY, {"id": w.rid}, protocol.pack(self._describe(lease))
-            )
-            if not self.broker.send(w.ident, reply):
+            reply = protocol.Reply(w.rid, self._describe(lease))
+            if not self.broker.send(w.ident, reply.to_frames()):
                 undelivered.append(lease.id)
         changed = len(still) != len(self.queue)
         self.queue = still
@@ -342,7 +338,7 @@ class LeaseTable:
             return
         waited = time.time() - w.queued_at
         err = WaitTimeout(f"no group matching {w.selector!r} became free within {waited:.1f}s")
-        self.broker.send(w.ident, protocol.error_frames(err, w.rid))
+        self.broker.send(w.ident, protocol.Error.of(err, w.rid).to_frames())
 
     # -- keepalive, extend, release -----------------------------------------------------
     def get(self, lease_id: Any) -> Lease:
@@ -395,10 +391,8 @@ class LeaseTable:
         self.poke()
 
     def _reset(self, dev: Device) -> None:
-        hdr = {"id": None, "device": dev.name, "method": "__reset__", "lease": None}
-        self.broker.send(
-            dev.ident, protocol.encode(protocol.REQUEST, hdr, protocol.pack_args([], {}))
-        )
+        reset = protocol.Request.call(dev.name, "__reset__")  # id nil: no reply expected
+        self.broker.send(dev.ident, reset.to_frames())
 
     def set_health(self, name: str, health: str, reason: str, who: str) -> dict[str, Any]:
         if health not in ("good", "maintenance", "bad"):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labctl.errors import DuplicateName, ProtocolError
+from labctl.protocol import Register
 from labctl.selector import Selector
 
 BUILTIN_LABELS = ("name", "kind", "driver", "host")
@@ -81,15 +82,13 @@ class Registry:
         self.devices: dict[str, Device] = {}
         self.services: dict[bytes, Service] = {}
 
-    def register(
-        self, ident: bytes, header: dict[str, Any]
-    ) -> tuple[Service, list[Device], list[Device]]:
+    def register(self, ident: bytes, reg: Register) -> tuple[Service, list[Device], list[Device]]:
         """Add a service and its devices; DuplicateName if a live holder has a name.
 
         Returns the service, its devices, and devices it registered before but not now.
         """
         try:
-            svc, parsed = self._parse(ident, header)
+            svc, parsed = self._parse(ident, reg)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"malformed registration: {exc}") from None
         # nothing above touched the registry: a bad registration leaves it as it was
@@ -104,11 +103,11 @@ class Registry:
             self.devices[dev.name] = dev
         return svc, parsed, dropped
 
-    def _parse(self, ident: bytes, header: dict[str, Any]) -> tuple[Service, list[Device]]:
+    def _parse(self, ident: bytes, reg: Register) -> tuple[Service, list[Device]]:
         """Validate a registration completely before anything is changed."""
-        svc_name = str(header["service"])
-        entries = list(header["devices"])
-        host = str(header.get("host", ""))
+        svc_name = str(reg.service)
+        entries = list(reg.devices)
+        host = str(reg.host)
         parsed: list[Device] = []
         seen: set[str] = set()
         for entry in entries:
@@ -146,8 +145,8 @@ class Registry:
             ident=ident,
             name=svc_name,
             host=host,
-            pid=int(header.get("pid", 0)),
-            version=str(header.get("version", "")),
+            pid=int(reg.pid),
+            version=str(reg.version),
             devices=[d.name for d in parsed],
         )
         return svc, parsed

@@ -135,7 +135,7 @@ class Broker:
             msg = protocol.decode(frames[1:], self.settings.max_payload)
         except ProtocolError as err:
             log.warning("bad message", peer=ident.hex(), error=err.message)
-            self.send(ident, protocol.error_frames(err, err.details.pop("id", None)))
+            self.send(ident, protocol.Error.of(err, err.details.pop("id", None)).to_frames())
             return
         svc = self.registry.services.get(ident)
         if svc is not None:
@@ -146,11 +146,11 @@ class Broker:
                 raise ProtocolError(f"the broker does not accept {msg.name} messages")
             handler(self, ident, msg)
         except LabError as err:
-            self.send(ident, protocol.error_frames(err, msg.header.get("id")))
+            self.send(ident, protocol.Error.of(err, msg.id).to_frames())
         except Exception as exc:  # a bug must not take the broker down
             log.exception("handler failed", type=msg.name)
             bug = LabError(f"broker internal error: {type(exc).__name__}: {exc}")
-            self.send(ident, protocol.error_frames(bug, msg.header.get("id")))
+            self.send(ident, protocol.Error.of(bug, msg.id).to_frames())
 
     def send(self, ident: bytes, frames: list[Any], copy: bool = True) -> bool:
         """Send to one peer now; False if it is gone or full (never blocks, never raises).
@@ -169,13 +169,7 @@ class Broker:
 
     # -- registration and liveness ------------------------------------------------------
     def _on_register(self, ident: bytes, msg: Message) -> None:
-        if len(msg.payload) != 1:
-            raise ProtocolError("register carries the device list as one payload frame")
-        try:
-            entries = protocol.unpack(msg.payload[0])
-        except Exception:
-            raise ProtocolError("register's device list is not msgpack") from None
-        svc, devices, dropped = self.registry.register(ident, {**msg.header, "devices": entries})
+        svc, devices, dropped = self.registry.register(ident, protocol.Register.parse(msg))
         for dev in dropped:
             self.publish(
                 f"device.{dev.name}.online",
@@ -183,28 +177,29 @@ class Broker:
             )
         for dev in devices:
             self.leases.device_registered(dev)
-        self.send(ident, protocol.encode(protocol.WELCOME, self.welcome()))
+        self.send(ident, self.welcome().to_frames())
         log.info("service registered", service=svc.name, devices=len(devices), host=svc.host)
         for dev in devices:
             self.publish(f"device.{dev.name}.online", {"online": dev.online, "service": svc.name})
         self.leases.poke()
 
-    def welcome(self) -> dict[str, Any]:
-        return {
-            "events": self.settings.events_public or self.events_endpoint,
-            "heartbeat": self.settings.heartbeat,
-            "liveness": self.settings.liveness,
-            "broker": socket.gethostname(),
-            "started": self.started,
-        }
+    def welcome(self) -> protocol.Welcome:
+        return protocol.Welcome(
+            events=self.settings.events_public or self.events_endpoint,
+            heartbeat=self.settings.heartbeat,
+            liveness=self.settings.liveness,
+            broker=socket.gethostname(),
+            started=self.started,
+            group_label=self.settings.group_label,
+        )
 
     def _on_heartbeat(self, ident: bytes, msg: Message) -> None:
-        if ident not in self.registry.services and msg.header.get("role") == "service":
+        if ident not in self.registry.services and protocol.Heartbeat.parse(msg).role == "service":
             # A service we do not know (we restarted, or it timed out): make it register.
-            self.send(ident, protocol.encode(protocol.DISCONNECT, {"reason": "unknown peer"}))
+            self.send(ident, protocol.Disconnect("unknown peer").to_frames())
 
     def _on_disconnect(self, ident: bytes, msg: Message) -> None:
-        self._service_lost(ident, str(msg.header.get("reason", "disconnected")))
+        self._service_lost(ident, protocol.Disconnect.parse(msg).reason)
 
     def _service_lost(self, ident: bytes, reason: str) -> None:
         svc = self.registry.services.get(ident)
@@ -218,7 +213,9 @@ class Broker:
                 del self.pending[rid]
                 self.send(
                     p.client,
-                    protocol.error_frames(ServiceGone(f"service went away: {reason}"), p.client_id),
+                    protocol.Error.of(
+                        ServiceGone(f"service went away: {reason}"), p.client_id
+                    ).to_frames(),
                 )
         self.streams.peer_lost(ident, f"service went away: {reason}")
 
@@ -227,7 +224,7 @@ class Broker:
         while True:
             await trio.sleep(s.heartbeat)
             now = time.monotonic()
-            hb = protocol.encode(protocol.HEARTBEAT, {})
+            hb = protocol.Heartbeat().to_frames()
             for ident, svc in list(self.registry.services.items()):
                 if now - svc.last_seen > s.heartbeat * s.liveness:
                     self._service_lost(ident, "heartbeat timeout")
@@ -245,8 +242,7 @@ class Broker:
                 self.store.prune()
 
     # -- RPC routing --------------------------------------------------------------------
-    def device_for(self, header: dict[str, Any]) -> Device:
-        name = header.get("device")
+    def device_for(self, name: Any) -> Device:
         if not isinstance(name, str):
             raise BadRequest("request header needs a 'device' name")
         dev = self.registry.devices.get(name)
@@ -255,9 +251,9 @@ class Broker:
         return dev
 
     def _on_request(self, ident: bytes, msg: Message) -> None:
-        h = msg.header
-        dev = self.device_for(h)
-        method = h.get("method")
+        req = protocol.Request.parse(msg)
+        dev = self.device_for(req.device)
+        method = req.method
         spec = dev.method(method) if isinstance(method, str) else None
         if spec is None:
             known = ", ".join(sorted(dev.interface.get("methods", {})))
@@ -268,43 +264,35 @@ class Broker:
         if not dev.service_alive:  # an unreachable port or plug still answers status and logs
             raise DeviceOffline(f"device {dev.name!r} is offline ({dev.offline_reason()})")
         if spec.get("mutating"):
-            self.leases.check_access(dev, h.get("lease"), f"{method}()")
-        timeout = h.get("timeout")
+            self.leases.check_access(dev, req.lease, f"{method}()")
+        timeout = req.timeout
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             timeout = protocol.DEFAULT_TIMEOUT
         deadline = time.monotonic() + timeout  # relative on the wire: no clock skew matters
         self._next_rid += 1
         rid = self._next_rid
-        fwd = {
-            "id": rid,
-            "device": dev.name,
-            "method": method,
-            "lease": h.get("lease"),
-            "timeout": timeout,
-        }
-        if self.send(dev.ident, protocol.encode(protocol.REQUEST, fwd, *msg.payload)):
-            self.pending[rid] = Pending(ident, h.get("id"), dev.ident, deadline)
+        client_id, req.id, req.timeout = req.id, rid, timeout
+        if self.send(dev.ident, req.to_frames()):
+            self.pending[rid] = Pending(ident, client_id, dev.ident, deadline)
         else:
             raise ServiceGone(f"service {dev.service!r} of {dev.name!r} is not reachable")
 
     def _on_reply(self, ident: bytes, msg: Message) -> None:
-        h = msg.header
-        rid = h.get("id")
+        rid = msg.id
         p = self.pending.get(rid) if isinstance(rid, int) else None
         if p is None or p.service != ident:
             return  # late reply after a timeout, or a confused peer: nothing to route
         del self.pending[rid]
-        out = dict(h)
-        out["id"] = p.client_id
-        self.send(p.client, [protocol.TAG, msg.mtype, protocol.pack(out), *msg.payload])
+        self.send(p.client, protocol.forward(msg, id=p.client_id))
 
     def _on_call(self, ident: bytes, msg: Message) -> None:
         self.calls.dispatch(ident, msg)
 
     def _on_event(self, ident: bytes, msg: Message) -> None:
         svc = self.registry.services.get(ident)
-        topic = msg.header.get("topic")
-        if svc is None or not isinstance(topic, str) or not msg.payload:
+        event = protocol.Event.parse(msg)
+        topic = event.topic
+        if svc is None or not isinstance(topic, str) or event.body is None:
             raise BadRequest("events need a registered service, a topic and a body")
         parts = topic.split(".")
         if len(parts) < 3 or parts[0] != "device" or ".".join(parts[1:-1]) not in svc.devices:
@@ -312,9 +300,9 @@ class Broker:
         name, what = ".".join(parts[1:-1]), parts[-1]
         dev = self.registry.devices[name]
         try:  # a body nobody can decode must not reach the journal or subscribers
-            body = protocol.unpack(msg.payload[0])
-        except Exception:
-            raise BadRequest(f"event body on {topic!r} is not msgpack") from None
+            body = event.value()
+        except ProtocolError as exc:
+            raise BadRequest(exc.message) from None
         if what == "status":
             dev.status = body
             dev.status_ts = time.time()
@@ -324,7 +312,7 @@ class Broker:
             dev.reachable = bool(body.get("online"))
             dev.reachable_reason = str(body.get("reason", ""))
             self.leases.poke()
-        self.events_hub.publish_raw(topic, msg.payload[0])
+        self.events_hub.publish_raw(topic, event.body)
 
     # -- streams (see streams.py) -------------------------------------------------------
     def _on_stream(self, ident: bytes, msg: Message) -> None:

@@ -16,13 +16,19 @@ from typing import TYPE_CHECKING
 import structlog
 
 from labctl import protocol
-from labctl.errors import ProtocolError, StreamRefused
+from labctl.errors import ProtocolError, StreamClosed, StreamRefused
 from labctl.protocol import Message
 
 if TYPE_CHECKING:
     from .server import Broker
 
 log = structlog.get_logger("streams")
+
+
+def _broker_close(sid: object, reason: str, unknown: bool = False) -> list[object]:
+    """A close the broker itself decides: typed ``stream-closed``, so a writer waiting for
+    a service's verdict can tell it from one."""
+    return protocol.StreamClose(sid, reason, unknown, StreamClosed(reason)).to_frames()
 
 
 @dataclass(slots=True)
@@ -49,38 +55,39 @@ class StreamRouter:
         self._next_sid = secrets.randbelow(1 << 40)
 
     def handle(self, ident: bytes, msg: Message) -> None:
-        if msg.mtype == protocol.STREAM_OPEN and "sid" not in msg.header:
-            self._open(ident, msg)
+        if msg.mtype == protocol.STREAM_OPEN and not protocol.StreamAccept.is_accept(msg):
+            self._open(ident, protocol.StreamOpen.parse(msg))
             return
-        sid = msg.header.get("sid")
+        sid = msg.sid
         route = self.routes.get(sid) if isinstance(sid, int) else None
         if route is None:
             if msg.mtype != protocol.STREAM_CLOSE:
                 reason = "unknown stream (broker restarted or stream closed)"
-                hdr = {"sid": sid, "reason": reason, "unknown": True}
-                self.broker.send(ident, protocol.encode(protocol.STREAM_CLOSE, hdr))
+                self.broker.send(ident, _broker_close(sid, reason, unknown=True))
             return
         from_client = ident == route.client
         if not from_client and ident != route.service:
             # not this peer's stream: to it, the stream is unknown (it may be resuming)
-            hdr = {"sid": sid, "reason": "unknown stream", "unknown": True}
-            self.broker.send(ident, protocol.encode(protocol.STREAM_CLOSE, hdr))
+            self.broker.send(ident, _broker_close(sid, "unknown stream", unknown=True))
             return
         if route.opening:
             if from_client:
                 return  # nothing may flow before the service accepted
             if msg.mtype == protocol.STREAM_OPEN:
-                self._accepted(route, msg)
+                self._accepted(route, protocol.StreamAccept.parse(msg))
             elif msg.mtype == protocol.STREAM_CLOSE:
                 self.routes.pop(route.sid, None)
-                err = StreamRefused(str(msg.header.get("reason", "refused by the service")))
-                self.broker.send(route.client, protocol.error_frames(err, route.open_rid))
+                reason = protocol.StreamClose.parse(msg).reason or "refused by the service"
+                self.broker.send(
+                    route.client,
+                    protocol.Error.of(StreamRefused(reason), route.open_rid).to_frames(),
+                )
             return
         if msg.mtype == protocol.STREAM_OPEN:
             raise ProtocolError(f"stream {sid} is already open")
         other = route.service if from_client else route.client
         if msg.mtype == protocol.STREAM_DATA:
-            size = sum(len(f) for f in msg.payload)
+            size = protocol.StreamData.parse(msg).size()
             if from_client:
                 if not route.writable:
                     self.close(route, "stream is read-only for this client (no lease)", both=True)
@@ -94,7 +101,7 @@ class StreamRouter:
                 self.close(route, "sender overran its credit", both=True)
                 return
         elif msg.mtype == protocol.STREAM_CREDIT:
-            grant = msg.header.get("credit", 0)
+            grant = protocol.StreamCredit.parse(msg).credit
             if not isinstance(grant, int) or grant < 0:
                 raise ProtocolError("credit must be a non-negative integer")
             if from_client:
@@ -105,30 +112,26 @@ class StreamRouter:
                 return  # a liveness ping from the client: the route exists, nothing to pass on
         elif msg.mtype == protocol.STREAM_CLOSE:
             self.routes.pop(route.sid, None)
-        if not self.broker.send(
-            other, [protocol.TAG, msg.mtype, protocol.pack(msg.header), *msg.payload]
-        ):
+        if not self.broker.send(other, protocol.forward(msg)):
             self.close(route, "peer went away", both=True)
 
-    def _open(self, ident: bytes, msg: Message) -> None:
-        h = msg.header
-        dev = self.broker.device_for(h)
-        name = h.get("stream")
+    def _open(self, ident: bytes, req: protocol.StreamOpen) -> None:
+        dev = self.broker.device_for(req.device)
+        name = req.stream
         spec = dev.interface.get("streams", {}).get(name) if isinstance(name, str) else None
         if spec is None:
             known = ", ".join(dev.interface.get("streams", {})) or "none"
             raise StreamRefused(f"device {dev.name!r} has no stream {name!r} (streams: {known})")
         if not dev.online:
             raise StreamRefused(f"device {dev.name!r} is offline")
-        want_write = bool(h.get("write", False))
-        if want_write:
+        if req.write:
             if not spec.get("writable"):
                 raise StreamRefused(f"stream {name!r} of {dev.name!r} is read-only")
-            self.broker.leases.check_access(dev, h.get("lease"), f"writing to {name}")
-        credit = h.get("credit", 0)
+            self.broker.leases.check_access(dev, req.lease, f"writing to {name}")
+        credit = req.credit
         if not isinstance(credit, int) or credit < 0:
             raise ProtocolError("credit must be a non-negative integer")
-        if not isinstance(h.get("args") or {}, dict):
+        if not isinstance(req.args, dict):
             raise ProtocolError("stream arguments must be a map")
         self._next_sid += 1
         route = Route(
@@ -137,51 +140,39 @@ class StreamRouter:
             service=dev.ident,
             device=dev.name,
             name=name,
-            lease=h.get("lease") if want_write else None,
-            writable=want_write,
+            lease=req.lease if req.write else None,
+            writable=req.write,
             to_client_credit=credit,
         )
-        fwd = {
-            "sid": route.sid,
-            "device": dev.name,
-            "stream": name,
-            "args": h.get("args") or {},
-            "writable": want_write,
-            "credit": credit,
-        }
-        if not self.broker.send(dev.ident, protocol.encode(protocol.STREAM_OPEN, fwd)):
+        offer = protocol.StreamOffer(route.sid, dev.name, name, req.args, req.write, credit)
+        if not self.broker.send(dev.ident, offer.to_frames()):
             raise StreamRefused(f"service of {dev.name!r} is not reachable")
-        route.open_rid = h.get("id")
+        route.open_rid = req.id
         self.routes[route.sid] = route  # the client hears back once the service accepts
 
-    def _accepted(self, route: Route, msg: Message) -> None:
+    def _accepted(self, route: Route, accept: protocol.StreamAccept) -> None:
         """The service has the stream: answer the client's open, pass on write credit."""
         route.opening = False
-        credit = msg.header.get("credit", 0)
-        if isinstance(credit, int) and credit > 0:
-            route.to_service_credit += credit
+        credit = accept.credit
+        if not isinstance(credit, int) or credit < 0:
+            credit = 0
+        route.to_service_credit += credit
         reply = {
             "sid": route.sid,
             "writable": route.writable,
             "device": route.device,
             "stream": route.name,
         }
-        self.broker.send(
-            route.client,
-            protocol.encode(protocol.REPLY, {"id": route.open_rid}, protocol.pack(reply)),
-        )
+        self.broker.send(route.client, protocol.Reply(route.open_rid, reply).to_frames())
         if credit:
-            self.broker.send(
-                route.client,
-                protocol.encode(protocol.STREAM_CREDIT, {"sid": route.sid, "credit": credit}),
-            )
+            self.broker.send(route.client, protocol.StreamCredit(route.sid, credit).to_frames())
 
     def close(self, route: Route, reason: str, both: bool = True) -> None:
         self.routes.pop(route.sid, None)
-        frames = protocol.encode(protocol.STREAM_CLOSE, {"sid": route.sid, "reason": reason})
+        frames = _broker_close(route.sid, reason)
         if route.opening:
             self.broker.send(
-                route.client, protocol.error_frames(StreamRefused(reason), route.open_rid)
+                route.client, protocol.Error.of(StreamRefused(reason), route.open_rid).to_frames()
             )
         else:
             self.broker.send(route.client, frames)

@@ -74,11 +74,9 @@ def device_show(name: str, fmt: str, broker: str | None) -> None:
 @broker_option
 def device_maintenance(name: str, state: str, reason: str, broker: str | None) -> None:
     """Take a device out of allocation (on) or put it back (off)."""
-    from labctl.client import holder_identity
-
     health = "maintenance" if state == "on" else "good"
     with lab_from(broker) as lab:
-        lab.client.call("health", name=name, health=health, reason=reason, who=holder_identity())
+        lab.set_health(name, health, reason)
     click.echo(f"{name}: {health}")
 
 
@@ -105,24 +103,8 @@ def split_args(raw: tuple[str, ...]) -> tuple[list[Any], dict[str, Any]]:
 def one_shot(
     lab: Any, name: str, lease_id: str | None, method: str, args: list[Any], kwargs: dict[str, Any]
 ) -> Any:
-    """Call a method; a mutating call without a lease leases the device just for it.
-
-    The temporary lease is released without the on-release reset, so `labctl power on`
-    leaves the outlet on.
-    """
-    from labctl.errors import LeaseRequired
-
-    dev = lab.device(name, lease=lease_id)
-    try:
-        return dev.call(method, *args, **kwargs)
-    except LeaseRequired:
-        if lease_id is not None:
-            raise
-    lease = lab.lease(f"name={name}", duration=60)
-    try:
-        return lab.device(name, lease=lease).call(method, *args, **kwargs)
-    finally:
-        lease.release(reset=False)
+    """``Lab.one_shot``: a mutating call without a lease leases the device just for it."""
+    return lab.one_shot(name, method, *args, lease=lease_id, **kwargs)
 
 
 def show_result(result: Any) -> None:
@@ -164,7 +146,7 @@ def call(
     pos, kw = split_args(args)
     with lab_from(broker) as lab:
         if timeout is not None:
-            lab.client.timeout = timeout
+            lab.timeout = timeout
         show_result(one_shot(lab, device_name, lease_id, method, pos, kw))
 
 
@@ -181,7 +163,7 @@ def power(
     kwargs = {"wait": wait} if action == "cycle" and wait is not None else {}
     with lab_from(broker) as lab:
         if action == "cycle":
-            lab.client.timeout += wait or 2.0
+            lab.timeout += wait or 2.0
         show_result(one_shot(lab, device_name, lease_id, action, [], kwargs))
 
 
@@ -198,7 +180,7 @@ def events(follow: bool, topic: str, since: str | None, fmt: str, broker: str | 
     with lab_from(broker) as lab:
         since_s = parse_duration(since) if since else (None if follow else 3600.0)
         if not follow:
-            _print_events(lab.client.call("events", since=since_s, topic=topic, limit=10000), fmt)
+            _print_events(lab.history(since_s, topic), fmt)
             return
         with lab.event_stream(topic) as stream:  # live once this returns
             click.echo(f"following {topic} (Ctrl-C to stop)", err=True)

@@ -26,60 +26,34 @@ from .main import default_state_dir
 log = structlog.get_logger("lab")
 
 
-def example_lab(run: Path) -> dict[str, Any]:
-    """Two simulated Raspberry Pi boards: mock power, a serial console on a pty, and a
-    simulated DUT (simdut) that boots when its outlet is switched on."""
-    boards = ["rpi4-01", "rpi4-02"]
-    return {
-        "broker": {"bus": "tcp://127.0.0.1:5550", "events": "tcp://127.0.0.1:5551"},
-        "simulators": [
-            {
-                "name": f"{b}-dut",
-                "command": [
-                    "-m",
-                    "labctl.services.serial.simdut",
-                    "--link",
-                    str(run / f"{b}.tty"),
-                    "--power-file",
-                    str(run / f"{b}.power"),
-                    "--hostname",
-                    b,
-                ],
-            }
-            for b in boards
-        ],  # fmt: skip
-        "services": [
-            {
-                "service": "pdu1",
-                "kind": "power",
-                "driver": "mock",
-                "labels": {"site": "sim"},
-                "devices": [
-                    {
-                        "name": f"{b}-power",
-                        "labels": {"dut": b, "board": "rpi4"},
-                        "config": {"outlet": i, "state_file": str(run / f"{b}.power")},
-                    }
-                    for i, b in enumerate(boards, 1)
-                ],  # fmt: skip
-            },
-            *[
-                {
-                    "service": f"{b}-console",
-                    "kind": "serial",
-                    "driver": "pyserial",
-                    "labels": {"site": "sim", "dut": b, "board": "rpi4"},
-                    "config": {"url": str(run / f"{b}.tty"), "reconnect_interval": 0.2},
-                }
-                for b in boards
-            ],  # fmt: skip
-        ],
-    }
+#: where the simulated example lab is described (package data of labctl.services.simulators)
+EXAMPLE_LAB = ("labctl.services.simulators", "example_lab.yaml")
+
+
+def example_lab_text() -> str:
+    """The example lab file as shipped: what ``labctl lab example`` prints."""
+    from importlib.resources import files
+
+    package, name = EXAMPLE_LAB
+    return files(package).joinpath(name).read_text()
+
+
+def expand_run(value: Any, run: Path) -> Any:
+    """``value`` with ``${run}`` in every string replaced by the lab's run directory."""
+    if isinstance(value, str):
+        return value.replace("${run}", str(run))
+    if isinstance(value, list):
+        return [expand_run(v, run) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_run(v, run) for k, v in value.items()}
+    return value
 
 
 def load_lab(path: str | None, run: Path) -> dict[str, Any]:
-    data = example_lab(run) if path is None else load_yaml(Path(path))
+    """The lab file at ``path`` (the example lab when None), checked before anything starts."""
     source = path or "<example lab>"
+    data = yaml.safe_load(example_lab_text()) if path is None else load_yaml(Path(path))
+    data = expand_run(data, run)
     if not isinstance(data, dict) or not isinstance(data.get("services", []), list):
         raise ConfigError(f"{source}: a lab file is a mapping with 'broker' and 'services'")
     for i, sim in enumerate(data.get("simulators", [])):

@@ -72,7 +72,7 @@ def lease_acquire(selector: str, duration: str, wait: str, fmt: str, broker: str
 def lease_list(fmt: str, broker: str | None) -> None:
     """Active leases, and requests waiting in the queue."""
     with lab_from(broker) as lab:
-        out = lab.client.call("lease.list")
+        out = lab.leases()
     emit(out["leases"], fmt, LEASE_COLUMNS, "ref")
     if fmt == "table" and out["queue"]:
         click.echo("\nqueued:")
@@ -89,7 +89,7 @@ def lease_list(fmt: str, broker: str | None) -> None:
 def lease_show(lease_id: str, fmt: str, broker: str | None) -> None:
     """One lease in detail, by id or public ref."""
     with lab_from(broker) as lab:
-        emit(lab.client.call("lease.show", id=lease_id), fmt, LEASE_COLUMNS, "ref")
+        emit(lab.lease_info(lease_id), fmt, LEASE_COLUMNS, "ref")
 
 
 @lease.command("extend")
@@ -99,13 +99,8 @@ def lease_show(lease_id: str, fmt: str, broker: str | None) -> None:
 @broker_option
 def lease_extend(lease_id: str, duration: str, fmt: str, broker: str | None) -> None:
     """Push a lease's end time back by DURATION."""
-    from labctl.client import holder_identity
-    from labctl.durations import parse_duration
-
     with lab_from(broker) as lab:
-        info = lab.client.call(
-            "lease.extend", id=lease_id, duration=parse_duration(duration), who=holder_identity()
-        )
+        info = lab.extend_lease(lease_id, duration)
     emit(info, fmt, LEASE_COLUMNS, "ref")
 
 
@@ -116,12 +111,8 @@ def lease_extend(lease_id: str, duration: str, fmt: str, broker: str | None) -> 
 @broker_option
 def lease_release(lease_id: str, force: bool, reason: str, broker: str | None) -> None:
     """Give a lease back by its id; an admin forces one by ref with --force --reason."""
-    from labctl.client import holder_identity
-
     with lab_from(broker) as lab:
-        lab.client.call(
-            "lease.release", id=lease_id, force=force, reason=reason, who=holder_identity()
-        )
+        lab.release_lease(lease_id, force=force, reason=reason)
     click.echo(f"released {lease_id}")
 
 

@@ -165,4 +165,14 @@ def lab_up(lab_file: str | None, state: str | None, bus: str | None, events: str
     run_until_signal(run_lab, lab_spec, state_dir)
 
 
+@lab.command("example")
+def lab_example() -> None:
+    """Print the simulated example lab file (what `lab up` runs without a file)."""
+    from labctl.cli.lab_up import example_lab_text
+
+    click.echo(example_lab_text(), nl=False)
+
+
 from . import commands as _commands  # noqa: E402,F401  (registers the client commands)
+from . import storage_cmds as _storage_cmds  # noqa: E402,F401
+from . import can_cmds as _can_cmds  # noqa: E402,F401

@@ -23,24 +23,13 @@ def serial() -> None:
 
 @contextmanager
 def write_access(lab: Any, device: str, lease_id: str | None, need: bool = True) -> Any:
-    """The lease to write with: the given one, or a temporary one on the device's DUT.
-
-    A temporary lease covers the whole DUT group (so `p` can power-cycle it) and is
-    released without a reset: leaving a console must not switch the board off.
-    """
-    if lease_id is not None:
-        yield lab.attach(lease_id)
-        return
-    if not need:
+    """``Lab.write_access`` (the given lease, or a temporary one on the device's whole
+    group, released without a reset), or no lease at all when only watching."""
+    if lease_id is None and not need:
         yield None
         return
-    info = lab.device(device).info
-    dut = info["labels"].get("dut")
-    held = lab.lease(f"dut={dut}" if dut else f"name={device}", duration="12h")
-    try:
+    with lab.write_access(device, lease_id) as held:
         yield held
-    finally:
-        held.release(reset=False)
 
 
 @serial.command("console")
@@ -81,21 +70,15 @@ def _interact(lab: Any, stream: Any, dev: Any, held: Any) -> None:
     import termios
     import tty
 
-    import zmq
-
     fd = sys.stdin.fileno()
     is_tty = os.isatty(fd)
     saved = termios.tcgetattr(fd) if is_tty else None
     if is_tty:
         tty.setraw(fd)
-    poller = zmq.Poller()
-    poller.register(fd, zmq.POLLIN)
     escaped = False
     try:
         while True:
-            poller.register(stream._client.sock, zmq.POLLIN)
-            ready = dict(poller.poll(1000))
-            poller.unregister(stream._client.sock)
+            ready = stream.wait([fd], 1.0)
             try:
                 while True:
                     data = stream.read_some(0)

@@ -15,8 +15,8 @@ from typing import Any
 
 import zmq
 
-from . import protocol
-from .errors import BadArguments, BrokerUnreachable, ProtocolError, Timeout, from_wire
+from . import core, protocol
+from .errors import Timeout
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5550"
 #: how long the first request waits before calling the broker unreachable
@@ -56,22 +56,16 @@ class BusClient:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(self.address)
-        self._next_id = 0
+        self.requests = core.Requests()
         self.stream_handler: Any = None  # set by streams sharing this socket
         self._answered = False  # any reply yet? tells 'broker down' from 'call slow'
 
     def close(self) -> None:
         self.sock.close(0)
 
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
     def request(
         self,
-        mtype: bytes,
-        header: dict[str, Any],
-        payload: list[Any] | None = None,
+        msg: core.Outgoing,
         timeout: float | None = None,
         progress: Any = None,
         idle: float | None = None,
@@ -82,62 +76,36 @@ class BusClient:
         that long raises RequestForgotten: the broker restarted and lost it.
         """
         timeout = self.timeout if timeout is None else timeout
-        rid = self._new_id()
-        full_deadline = time.time() + timeout
-        header = {**header, "id": rid, "timeout": timeout}
+        rid, frames = self.requests.frames(msg, timeout)
+        now = time.time()
+        full_deadline = now + timeout
         # until the broker has answered once, give up early: it is probably not there
-        deadline = (
-            full_deadline if self._answered else min(full_deadline, time.time() + CONNECT_TIMEOUT)
-        )
-        for frame in payload or ():
-            if len(frame) > protocol.MAX_PAYLOAD:
-                raise BadArguments(
-                    f"arguments of {len(frame)} bytes exceed the {protocol.MAX_PAYLOAD}-byte "
-                    "limit of one message; use a stream for bulk data"
-                )
-        self.sock.send_multipart(protocol.encode(mtype, header, *(payload or [])))
+        deadline = full_deadline if self._answered else min(full_deadline, now + CONNECT_TIMEOUT)
         sock = self.sock
-        heard = time.time()
+        sock.send_multipart(frames)
+        heard = now
         while True:
             limit = deadline if idle is None else min(deadline, heard + idle)
             remaining = limit - time.time()
             if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
                 if idle is not None and self._answered and time.time() < full_deadline:
                     raise RequestForgotten(f"the broker stopped answering about request {rid}")
-                raise self._timeout_error(
-                    mtype, header, timeout if self._answered else CONNECT_TIMEOUT
-                )
-            msg = protocol.decode(sock.recv_multipart())
+                waited = timeout if self._answered else CONNECT_TIMEOUT
+                raise core.timeout_error(self.address, msg, waited, self._answered)
+            got = protocol.decode(sock.recv_multipart())
             self._answered, deadline = True, full_deadline
-            if msg.header.get("id") != rid:
-                self._other(msg)
+            if got.id != rid:
+                if self.stream_handler is not None:
+                    self.stream_handler(got)
                 continue
             heard = time.time()
-            if msg.mtype == protocol.REPLY:
-                body = protocol.unpack(msg.payload[0]) if msg.payload else None
-                if msg.header.get("progress"):
-                    if progress is not None:
-                        progress(body)
-                    continue
-                return body
-            if msg.mtype == protocol.ERROR:
-                h = msg.header
-                raise from_wire(str(h.get("code")), str(h.get("message")), h.get("details"))
-            raise ProtocolError(f"unexpected {msg.name} in reply to a request")
-
-    def _other(self, msg: protocol.Message) -> None:
-        if self.stream_handler is not None:
-            self.stream_handler(msg)
-
-    def _timeout_error(self, mtype: bytes, header: dict[str, Any], timeout: float) -> Timeout:
-        if not self._answered:
-            return BrokerUnreachable(
-                f"no answer from the broker at {self.address} within {timeout:g}s "
-                "(is it running? start one with `labctl broker run` or `labctl lab up`)"
-            )
-        what = header.get("method") or protocol.NAMES.get(mtype, "request")
-        dev = header.get("device")
-        return Timeout(f"{dev + '.' if dev else ''}{what}: no reply within {timeout:g}s")
+            ans = core.answer(got)
+            if ans.error is not None:
+                raise ans.error
+            if not ans.progress:
+                return ans.value
+            if progress is not None:
+                progress(ans.value)
 
     def call(
         self,
@@ -148,8 +116,7 @@ class BusClient:
         **kwargs: Any,
     ) -> Any:
         """A broker call (devices, lease.acquire, ...)."""
-        args = [protocol.pack_args([], kwargs)]
-        return self.request(protocol.CALL, {"method": method}, args, timeout, progress, idle)
+        return self.request(protocol.Call.of(method, kwargs), timeout, progress, idle)
 
     def call_device(
         self,
@@ -160,7 +127,4 @@ class BusClient:
         lease: str | None = None,
         timeout: float | None = None,
     ) -> Any:
-        header = {"device": device, "method": method, "lease": lease}
-        return self.request(
-            protocol.REQUEST, header, [protocol.pack_args(args, kwargs or {})], timeout
-        )
+        return self.request(protocol.Request.call(device, method, args, kwargs, lease), timeout)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from . import protocol
 from .client import BusClient, RequestForgotten, holder_identity
 from .durations import parse_duration
-from .errors import LabError, LeaseNotFound, MethodNotFound
+from .errors import LabError, LeaseNotFound, LeaseRequired, MethodNotFound
 from .events import EventStream
 from .lease_view import LeaseView
 
@@ -84,6 +85,19 @@ class Device:
         return f"<Device {self.name} kind={self.kind}>"
 
 
+def device_class(kind: str | None) -> type[Device]:
+    """The proxy for a kind: kinds with client-side work (storage uploads) subclass Device."""
+    if kind == "storage":
+        from .storage import StorageDevice
+
+        return StorageDevice
+    if kind == "can":
+        from .can import CanDevice
+
+        return CanDevice
+    return Device
+
+
 class Lease(LeaseView):
     """Devices held exclusively until release, expiry, or the holder going silent."""
 
@@ -93,7 +107,8 @@ class Lease(LeaseView):
         self.released = False
 
     def __getitem__(self, name: str) -> Device:
-        return Device(self._lab, name, self.device_info(name), lease=self.id)
+        info = self.device_info(name)
+        return device_class(info["kind"])(self._lab, name, info, lease=self.id)
 
     def __getattr__(self, kind: str) -> Device:
         if kind.startswith("_") or kind == "info":
@@ -190,10 +205,33 @@ class Lab:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    @property
+    def timeout(self) -> float:
+        """Seconds a call waits for its reply unless it says otherwise."""
+        return self.client.timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self.client.timeout = value
+
     def hello(self) -> dict[str, Any]:
+        """The broker's settings: ``events`` address, ``heartbeat``, ``group_label``, ..."""
         if self._welcome is None:
             self._welcome = self.client.call("hello")
         return self._welcome
+
+    def group_label(self) -> str:
+        """The label whose value groups one DUT's devices (the broker's ``--group-label``,
+        ``dut`` by default); a lease takes a whole group."""
+        return str(self.hello().get("group_label") or "dut")
+
+    def group_selector(self, device: str) -> str:
+        """A selector for every device of ``device``'s group (``dut=rpi4-01``), or just
+        that device when it has no group label."""
+        labels = self.client.call("device", name=device).get("labels", {})
+        label = self.group_label()
+        value = labels.get(label)
+        return f"{label}={value}" if value else f"name={device}"
 
     def devices(self, selector: str = "") -> list[dict[str, Any]]:
         return self.client.call("devices", selector=selector)  # type: ignore[no-any-return]
@@ -201,7 +239,7 @@ class Lab:
     def device(self, name: str, lease: Lease | str | None = None) -> Device:
         info = self.client.call("device", name=name)
         lease_id = lease.id if isinstance(lease, Lease) else lease
-        return Device(self, name, info, lease=lease_id)
+        return device_class(info.get("kind"))(self, name, info, lease=lease_id)
 
     def lease(
         self,
@@ -250,6 +288,93 @@ class Lab:
         self._keepalive.add(info["id"], float(info["grace"]))
         lease = Lease(self, info)
         return lease
+
+    def one_shot(
+        self,
+        device: str,
+        method: str,
+        *args: Any,
+        lease: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Call ``device.method``; if it is mutating and no ``lease`` is given, lease just
+        that device for the call and release it *without* the on-release reset, so
+        ``one_shot("pdu1.1", "on")`` leaves the outlet on (what ``labctl power on`` does).
+
+        Raises LeaseRequired only with a ``lease`` that does not cover the device;
+        DeviceBusy when someone else holds it.
+        """
+        try:
+            return self.device(device, lease=lease).call(method, *args, timeout=timeout, **kwargs)
+        except LeaseRequired:
+            if lease is not None:
+                raise
+        held = self.lease(f"name={device}", duration=60 + (timeout or self.timeout))
+        try:
+            return self.device(device, lease=held).call(method, *args, timeout=timeout, **kwargs)
+        finally:
+            held.release(reset=False)
+
+    @contextmanager
+    def write_access(
+        self, device: str, lease: str | Lease | None = None, duration: str | float = "12h"
+    ) -> Iterator[Lease]:
+        """A lease to write to ``device`` with (e.g. its console): ``lease`` if given
+        (attached, left held on exit), else a temporary lease on the device's whole group
+        (so the same lease can power-cycle the board), released on exit without the
+        on-release reset: leaving a console must not switch the board off.
+
+        Raises DeviceBusy at once when the group is held by someone else.
+        """
+        if isinstance(lease, Lease):
+            yield lease
+            return
+        if lease is not None:
+            yield self.attach(lease)
+            return
+        held = self.lease(self.group_selector(device), duration=duration)
+        try:
+            yield held
+        finally:
+            held.release(reset=False)
+
+    # -- leases by id (the CLI's and other tools' view) ---------------------------------
+    def leases(self) -> dict[str, Any]:
+        """``{leases: [public view], queue: [{position, selector, holder, since}]}``."""
+        return self.client.call("lease.list")  # type: ignore[no-any-return]
+
+    def lease_info(self, lease: str) -> dict[str, Any]:
+        """A lease by id (its full description) or by public ref (its public view)."""
+        return self.client.call("lease.show", id=lease)  # type: ignore[no-any-return]
+
+    def extend_lease(self, lease_id: str, duration: str | float) -> dict[str, Any]:
+        """Push a lease's end back by ``duration``; its new description."""
+        return self.client.call(  # type: ignore[no-any-return]
+            "lease.extend", id=lease_id, duration=parse_duration(duration), who=holder_identity()
+        )
+
+    def release_lease(self, lease: str, force: bool = False, reason: str = "") -> None:
+        """Give a lease back by id; an admin ends anyone's by ref with ``force`` and a
+        ``reason`` (kept in the audit journal). LeaseNotFound if it is not active."""
+        self._keepalive.forget(lease)
+        self.client.call("lease.release", id=lease, force=force, reason=reason,
+                         who=holder_identity())  # fmt: skip
+
+    # -- administration -----------------------------------------------------------------
+    def set_health(self, device: str, health: str, reason: str = "") -> dict[str, Any]:
+        """Mark a device ``good``, ``maintenance`` or ``bad``; only ``good`` ones are
+        leased. The reason lands in the audit journal."""
+        return self.client.call(  # type: ignore[no-any-return]
+            "health", name=device, health=health, reason=reason, who=holder_identity()
+        )
+
+    def history(self, since: float = 3600, topic: str = "*", limit: int = 10000) -> list[Any]:
+        """Journaled events of the last ``since`` seconds matching the topic glob, oldest
+        first: ``[{seq, ts, topic, body}]``."""
+        return self.client.call(  # type: ignore[no-any-return]
+            "events", since=since, topic=topic, limit=limit
+        )
 
     def events(self, topic: str = "*", since: float | None = None) -> Iterator[dict[str, Any]]:
         """Events whose topic matches the glob; with ``since`` (seconds) the journal first."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import LabError, ProtocolError, VersionMismatch
+from .errors import LabError, ProtocolError, VersionMismatch, from_wire
 
 # -- 1. Framing ---------------------------------------------------------------------------
 TAG = b"LAB1"
@@ -64,6 +64,7 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def pack(obj: Any) -> bytes:
+    """A msgpack body (bytes stay bytes, str stays str)."""
     return msgpack.packb(obj, use_bin_type=True)
 
 
@@ -72,20 +73,34 @@ def unpack(data: bytes | memoryview) -> Any:
 
 
 def encode(mtype: bytes, header: dict[str, Any], *payload: Any) -> list[Any]:
-    """Frames for one message; payload items go out as they are (bytes or zmq.Frame)."""
+    """Raw frames of one message: what the typed classes below build on. Outside this
+    module only tests use it (to build messages a well-behaved peer never sends)."""
     return [TAG, mtype, pack(header), *payload]
 
 
 @dataclass(slots=True)
 class Message:
+    """One received message before it is typed: what ``decode`` checked, routing needs
+    (type, ``id``, ``sid``) and what the broker forwards untouched (payload frames)."""
+
     mtype: bytes
     header: dict[str, Any]
     payload: list[Any]
-    raw_header: Any = b""  # the header frame as received, for forwarding untouched
+    raw_header: Any = b""  # the header frame as received
 
     @property
     def name(self) -> str:
         return NAMES.get(self.mtype, self.mtype.hex())
+
+    @property
+    def id(self) -> Any:
+        """The request id the message carries or answers (nil if none)."""
+        return self.header.get("id")
+
+    @property
+    def sid(self) -> Any:
+        """The stream id (stream messages; nil on a client's STREAM-OPEN)."""
+        return self.header.get("sid")
 
 
 def _raw(frame: Any) -> bytes | memoryview:
@@ -134,11 +149,22 @@ def decode(frames: list[Any], max_payload: int = MAX_PAYLOAD) -> Message:
     return Message(mtype, header, payload, frames[2])
 
 
-def error_frames(err: LabError, rid: Any = None) -> list[Any]:
-    header: dict[str, Any] = {"id": rid, "code": err.code, "message": err.message}
-    if err.details:
-        header["details"] = err.details
-    return encode(ERROR, header)
+def forward(msg: Message, **changes: Any) -> list[Any]:
+    """The broker's forwarding: the same message with header keys replaced (a reply's
+    ``id``); payload frames pass through untouched, keys it does not know stay."""
+    if not changes:
+        return [TAG, msg.mtype, msg.raw_header, *msg.payload]
+    return [TAG, msg.mtype, pack({**msg.header, **changes}), *msg.payload]
+
+
+def _body(msg: Message, what: str) -> Any:
+    """The one msgpack body frame (nil if absent); ProtocolError if it does not decode."""
+    if not msg.payload:
+        return None
+    try:
+        return unpack(_raw(msg.payload[0]))
+    except Exception:
+        raise ProtocolError(f"{what} body is not valid msgpack") from None
 
 
 def pack_args(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> bytes:
@@ -146,6 +172,9 @@ def pack_args(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> byte
 
 
 def unpack_args(frame: Any) -> tuple[list[Any], dict[str, Any]]:
+    """A REQUEST/CALL body: ``[args, kwargs]``; ProtocolError if it is anything else."""
+    if frame is None:
+        return [], {}
     try:
         args, kwargs = unpack(_raw(frame))
     except Exception:
@@ -153,3 +182,476 @@ def unpack_args(frame: Any) -> tuple[list[Any], dict[str, Any]]:
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise ProtocolError("request payload must be msgpack [args, kwargs]")
     return args, kwargs
+
+
+# -- 2. Message types, in PROTOCOL.md's order ---------------------------------------------
+# Each class is one message type: ``to_frames()`` builds it, ``parse(msg)`` reads it from a
+# decoded Message. Parsing takes what is there and leaves checks that need context (is the
+# device known? is the credit an int?) to the receiver, which answers as §2 says.
+
+
+@dataclass(slots=True)
+class Register:
+    """REGISTER: a service's identity in the header, its device list as the body."""
+
+    service: Any
+    devices: Any
+    host: Any = ""
+    pid: Any = 0
+    user: Any = ""
+    version: Any = ""
+
+    def to_frames(self) -> list[Any]:
+        header = {"service": self.service, "host": self.host, "pid": self.pid,
+                  "user": self.user, "version": self.version}  # fmt: skip
+        return [TAG, REGISTER, pack(header), pack(self.devices)]
+
+    @classmethod
+    def parse(cls, msg: Message) -> Register:
+        if len(msg.payload) != 1:
+            raise ProtocolError("register carries the device list as one payload frame")
+        try:
+            devices = unpack(_raw(msg.payload[0]))
+        except Exception:
+            raise ProtocolError("register's device list is not msgpack") from None
+        h = msg.header
+        if "service" not in h:
+            raise ProtocolError("malformed registration: no 'service'")
+        return cls(h["service"], devices, h.get("host", ""), h.get("pid", 0),
+                   h.get("user", ""), h.get("version", ""))  # fmt: skip
+
+
+@dataclass(slots=True)
+class Welcome:
+    """WELCOME: the broker's settings for a service; a missing key is None (keep yours)."""
+
+    events: Any = None
+    heartbeat: Any = None
+    liveness: Any = None
+    broker: Any = None
+    started: Any = None
+    group_label: Any = None  # the label that groups one DUT's devices (§8)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Also the result of the ``hello`` call."""
+        return {"events": self.events, "heartbeat": self.heartbeat, "liveness": self.liveness,
+                "broker": self.broker, "started": self.started,
+                "group_label": self.group_label}  # fmt: skip
+
+    def to_frames(self) -> list[Any]:
+        return [TAG, WELCOME, pack(self.as_dict())]
+
+    @classmethod
+    def parse(cls, msg: Message) -> Welcome:
+        h = msg.header
+        return cls(h.get("events"), h.get("heartbeat"), h.get("liveness"), h.get("broker"),
+                   h.get("started"), h.get("group_label"))  # fmt: skip
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    """HEARTBEAT: ``role`` "service" from a service, nothing from the broker."""
+
+    role: str | None = None
+
+    def to_frames(self) -> list[Any]:
+        return [TAG, HEARTBEAT, pack({} if self.role is None else {"role": self.role})]
+
+    @classmethod
+    def parse(cls, msg: Message) -> Heartbeat:
+        role = msg.header.get("role")
+        return cls(role if isinstance(role, str) else None)
+
+
+@dataclass(slots=True)
+class Disconnect:
+    reason: str = ""
+
+    def to_frames(self) -> list[Any]:
+        return [TAG, DISCONNECT, pack({"reason": self.reason})]
+
+    @classmethod
+    def parse(cls, msg: Message) -> Disconnect:
+        return cls(str(msg.header.get("reason", "disconnected")))
+
+
+@dataclass(slots=True)
+class Request:
+    """REQUEST: call ``method`` on ``device``; ``body`` is the packed ``[args, kwargs]``
+    frame, kept as received so the broker forwards it without decoding."""
+
+    id: Any
+    device: Any
+    method: Any
+    lease: Any = None
+    timeout: Any = None
+    body: Any = None
+
+    @classmethod
+    def call(
+        cls,
+        device: str,
+        method: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        lease: str | None = None,
+    ) -> Request:
+        return cls(None, device, method, lease, None, pack([list(args), kwargs or {}]))
+
+    def to_frames(self) -> list[Any]:
+        header = {"id": self.id, "device": self.device, "method": self.method,
+                  "lease": self.lease, "timeout": self.timeout}  # fmt: skip
+        if self.body is None:
+            return [TAG, REQUEST, pack(header)]
+        return [TAG, REQUEST, pack(header), self.body]
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        return unpack_args(self.body)
+
+    @classmethod
+    def parse(cls, msg: Message) -> Request:
+        h = msg.header
+        return cls(h.get("id"), h.get("device"), h.get("method"), h.get("lease"),
+                   h.get("timeout"), msg.payload[0] if msg.payload else None)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Reply:
+    """REPLY: the ``result`` of request ``id``; ``progress`` marks an interim one."""
+
+    id: Any
+    result: Any = None
+    progress: bool = False
+
+    def to_frames(self) -> list[Any]:
+        """TypeError/ValueError if ``result`` cannot be packed."""
+        body = pack(self.result)
+        if self.progress:
+            return [TAG, REPLY, pack({"id": self.id, "progress": True}), body]
+        return [TAG, REPLY, pack({"id": self.id}), body]
+
+    @classmethod
+    def parse(cls, msg: Message) -> Reply:
+        return cls(msg.header.get("id"), _body(msg, "reply"), bool(msg.header.get("progress")))
+
+
+def reply_result(msg: Message) -> Any:
+    """A REPLY's result without building a ``Reply`` (the client's hot path)."""
+    return _body(msg, "reply")
+
+
+@dataclass(slots=True)
+class Error:
+    """ERROR: request ``id`` (nil if none) failed with a typed error."""
+
+    id: Any
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, err: LabError, rid: Any = None) -> Error:
+        return cls(rid, err.code, err.message, err.details or None)
+
+    def to_frames(self) -> list[Any]:
+        header: dict[str, Any] = {"id": self.id, "code": self.code, "message": self.message}
+        if self.details:
+            header["details"] = self.details
+        return [TAG, ERROR, pack(header)]
+
+    def exception(self) -> LabError:
+        """The exception of the error's class (``LabError`` for a code this end lacks)."""
+        return from_wire(self.code, self.message, self.details)
+
+    @classmethod
+    def parse(cls, msg: Message) -> Error:
+        h = msg.header
+        details = h.get("details")
+        return cls(h.get("id"), str(h.get("code")), str(h.get("message")),
+                   details if isinstance(details, dict) else None)  # fmt: skip
+
+
+def error_frames(err: LabError, rid: Any = None) -> list[Any]:
+    return Error.of(err, rid).to_frames()
+
+
+@dataclass(slots=True)
+class Call:
+    """CALL: a broker call (§7) by name; ``body`` is the packed ``[[], kwargs]``."""
+
+    id: Any
+    method: Any
+    timeout: Any = None
+    body: Any = None
+
+    @classmethod
+    def of(cls, method: str, kwargs: dict[str, Any]) -> Call:
+        return cls(None, method, None, pack([[], kwargs]))
+
+    def to_frames(self) -> list[Any]:
+        header = {"id": self.id, "method": self.method, "timeout": self.timeout}
+        if self.body is None:
+            return [TAG, CALL, pack(header)]
+        return [TAG, CALL, pack(header), self.body]
+
+    def kwargs(self) -> dict[str, Any]:
+        return unpack_args(self.body)[1]
+
+    @classmethod
+    def parse(cls, msg: Message) -> Call:
+        h = msg.header
+        return cls(h.get("id"), h.get("method"), h.get("timeout"),
+                   msg.payload[0] if msg.payload else None)  # fmt: skip
+
+
+@dataclass(slots=True)
+class StreamOpen:
+    """STREAM-OPEN from a client: open ``stream`` on ``device``; REPLY or ERROR answers."""
+
+    id: Any
+    device: Any
+    stream: Any
+    write: bool = False
+    lease: Any = None
+    args: Any = None
+    credit: Any = 0
+    timeout: Any = None
+
+    def to_frames(self) -> list[Any]:
+        header = {"id": self.id, "device": self.device, "stream": self.stream,
+                  "write": self.write, "lease": self.lease, "args": self.args or {},
+                  "credit": self.credit, "timeout": self.timeout}  # fmt: skip
+        return [TAG, STREAM_OPEN, pack(header)]
+
+    @property
+    def body(self) -> None:
+        """No payload frame (the size check of ``Request``/``Call`` bodies skips it)."""
+        return None
+
+    @classmethod
+    def parse(cls, msg: Message) -> StreamOpen:
+        h = msg.header
+        return cls(h.get("id"), h.get("device"), h.get("stream"), bool(h.get("write", False)),
+                   h.get("lease"), h.get("args") or {}, h.get("credit", 0),
+                   h.get("timeout"))  # fmt: skip
+
+
+@dataclass(slots=True)
+class StreamOffer:
+    """STREAM-OPEN from the broker to a service: a client wants ``stream`` as ``sid``."""
+
+    sid: Any
+    device: Any
+    stream: Any
+    args: Any
+    writable: bool
+    credit: Any
+
+    def to_frames(self) -> list[Any]:
+        header = {"sid": self.sid, "device": self.device, "stream": self.stream,
+                  "args": self.args, "writable": self.writable, "credit": self.credit}  # fmt: skip
+        return [TAG, STREAM_OPEN, pack(header)]
+
+    @classmethod
+    def parse(cls, msg: Message) -> StreamOffer:
+        h = msg.header
+        return cls(h.get("sid"), h.get("device"), h.get("stream"), h.get("args") or {},
+                   bool(h.get("writable")), h.get("credit", 0))  # fmt: skip
+
+
+@dataclass(slots=True)
+class StreamAccept:
+    """STREAM-OPEN from a service with the ``sid``: it has the stream; ``credit`` for
+    the client's writes. The broker tells it from a client's open by the ``sid``."""
+
+    sid: Any
+    credit: Any = 0
+
+    def to_frames(self) -> list[Any]:
+        return [TAG, STREAM_OPEN, pack({"sid": self.sid, "credit": self.credit})]
+
+    @staticmethod
+    def is_accept(msg: Message) -> bool:
+        return "sid" in msg.header
+
+    @classmethod
+    def parse(cls, msg: Message) -> StreamAccept:
+        return cls(msg.header.get("sid"), msg.header.get("credit", 0))
+
+
+@dataclass(slots=True)
+class StreamData:
+    """STREAM-DATA: bytes of stream ``sid`` (``data``, one or more frames); ``meta`` is the
+    service's extra header (serial: ``offset``, ``gap``); ``end`` is the writer's end of
+    data (no bytes, the stream stays open for the service's verdict)."""
+
+    sid: Any
+    data: list[Any]
+    meta: dict[str, Any] | None = None
+    end: bool = False
+
+    def to_frames(self) -> list[Any]:
+        header = {"sid": self.sid} if self.meta is None else {"sid": self.sid, **self.meta}
+        if self.end:
+            header["end"] = True
+        return [TAG, STREAM_DATA, pack(header), *self.data]
+
+    @property
+    def offset(self) -> int | None:
+        off = None if self.meta is None else self.meta.get("offset")
+        return off if isinstance(off, int) else None
+
+    def size(self) -> int:
+        return sum(len(_raw(f)) for f in self.data)
+
+    @classmethod
+    def parse(cls, msg: Message) -> StreamData:
+        h = msg.header
+        return cls(h.get("sid"), msg.payload, h, bool(h.get("end", False)))
+
+
+@dataclass(slots=True)
+class StreamCredit:
+    """STREAM-CREDIT: the receiver lets the sender send ``credit`` more bytes (0: a ping)."""
+
+    sid: Any
+    credit: Any
+
+    def to_frames(self) -> list[Any]:
+        return [TAG, STREAM_CREDIT, pack({"sid": self.sid, "credit": self.credit})]
+
+    @classmethod
+    def parse(cls, msg: Message) -> StreamCredit:
+        return cls(msg.header.get("sid"), msg.header.get("credit", 0))
+
+
+# -- stream ends: STREAM-DATA's end of data, STREAM-CLOSE's verdict ---------------------------
+class _NoResult:
+    """STREAM-CLOSE without a result frame (``None`` is a result like any other)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_RESULT"
+
+
+NO_RESULT: Any = _NoResult()
+
+
+def error_map(err: LabError) -> dict[str, Any]:
+    """An error as the map ERROR headers and STREAM-CLOSE's ``error`` carry."""
+    out: dict[str, Any] = {"code": err.code, "message": err.message}
+    if err.details:
+        out["details"] = err.details
+    return out
+
+
+def error_from_map(value: Any) -> LabError:
+    """The typed exception for an ``error`` map; a malformed map is a ProtocolError."""
+    if not isinstance(value, dict):
+        return ProtocolError(f"error must be a map, not {type(value).__name__}")
+    details = value.get("details")
+    return from_wire(
+        str(value.get("code")),
+        str(value.get("message", "")),
+        details if isinstance(details, dict) else None,
+    )
+
+
+@dataclass(slots=True)
+class StreamClose:
+    """STREAM-CLOSE: the route ends; the service may say how (a result or a typed error).
+
+    ``result`` travels as one payload frame (absent: ``NO_RESULT``), ``error`` as a map in
+    the header. The broker's own closes carry ``error`` ``stream-closed``.
+    """
+
+    sid: Any
+    reason: str = ""
+    unknown: bool = False
+    error: LabError | None = None
+    result: Any = NO_RESULT
+
+    def to_frames(self) -> list[Any]:
+        header: dict[str, Any] = {"sid": self.sid, "reason": self.reason}
+        if self.unknown:
+            header["unknown"] = True
+        if self.error is not None:
+            header["error"] = error_map(self.error)
+        if self.result is NO_RESULT:
+            return [TAG, STREAM_CLOSE, pack(header)]
+        return [TAG, STREAM_CLOSE, pack(header), pack(self.result)]
+
+    @classmethod
+    def parse(cls, msg: Message) -> StreamClose:
+        h = msg.header
+        err = h.get("error")
+        result = NO_RESULT
+        if msg.payload:
+            try:
+                result = unpack(_raw(msg.payload[0]))
+            except Exception:
+                err = {"code": "protocol", "message": "stream result is not valid msgpack"}
+        return cls(
+            h.get("sid"),
+            str(h.get("reason", "")),
+            bool(h.get("unknown", False)),
+            None if err is None else error_from_map(err),
+            result,
+        )
+
+
+@dataclass(slots=True)
+class Event:
+    """EVENT: a service publishes ``body`` (packed, forwarded as it came) on ``topic``."""
+
+    topic: Any
+    body: Any  # the packed body frame
+
+    @classmethod
+    def of(cls, topic: str, body: Any) -> Event:
+        return cls(topic, pack(body))
+
+    def to_frames(self) -> list[Any]:
+        return [TAG, EVENT, pack({"topic": self.topic}), self.body]
+
+    def value(self) -> Any:
+        """The decoded body; ProtocolError if it is not msgpack."""
+        try:
+            return unpack(_raw(self.body))
+        except Exception:
+            raise ProtocolError(f"event body on {self.topic!r} is not msgpack") from None
+
+    @classmethod
+    def parse(cls, msg: Message) -> Event:
+        return cls(msg.header.get("topic"), msg.payload[0] if msg.payload else None)
+
+
+# -- 10. The events socket (XPUB; no LAB1 tag) ---------------------------------------------
+
+
+@dataclass(slots=True)
+class Published:
+    """One event as the events socket carries it: ``[topic, {seq, ts, topic}, body]``."""
+
+    seq: int
+    ts: float
+    topic: str
+    body: Any  # packed (bytes or a zmq.Frame) when sent; decoded after ``parse``
+
+    def to_frames(self) -> list[Any]:
+        meta = pack({"seq": self.seq, "ts": self.ts, "topic": self.topic})
+        return [self.topic.encode(), meta, self.body]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "ts": self.ts, "topic": self.topic, "body": self.body}
+
+    @classmethod
+    def parse(cls, frames: list[Any]) -> Published:
+        """ProtocolError for anything that is not a readable event."""
+        try:
+            _topic, meta, body = frames
+            m = unpack(_raw(meta))
+            return cls(int(m["seq"]), float(m["ts"]), str(m["topic"]), unpack(_raw(body)))
+        except Exception:
+            raise ProtocolError("not a readable event") from None

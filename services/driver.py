@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import trio
 from pydantic import BaseModel, ConfigDict
 
-from .export import describe_method, exported_methods, find_mark
+from .export import exports_of
 
 
 class DriverConfig(BaseModel):
@@ -76,8 +76,5 @@ class Driver:
 
     def interface(self) -> dict[str, Any]:
         """The method and stream table sent to the broker at registration."""
-        methods = {
-            name: describe_method(fn, find_mark(self, name) or {"mutating": False})
-            for name, fn in exported_methods(self).items()
-        }
+        methods = exports_of(type(self))
         return {"kind": self.kind, "methods": methods, "streams": dict(self.streams)}

@@ -61,3 +61,23 @@ def find_mark(obj: object, name: str) -> dict[str, Any] | None:
         if attr is not None and getattr(attr, MARK, None) is not None:
             return getattr(attr, MARK)
     return None
+
+
+def exports_of(cls: type) -> dict[str, dict[str, Any]]:
+    """What a driver class registers: each exported method's args, mutating flag and doc.
+
+    The same table ``Driver.interface()`` builds from an instance, without creating one.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for klass in reversed(cls.__mro__):
+        for name, attr in vars(klass).items():
+            if getattr(attr, MARK, None) is not None:
+                out[name] = {}
+    for name in out:
+        mark = next(
+            getattr(vars(k)[name], MARK)
+            for k in cls.__mro__
+            if getattr(vars(k).get(name), MARK, None) is not None
+        )
+        out[name] = describe_method(getattr(cls, name), mark)
+    return out

@@ -83,7 +83,7 @@ class ServiceRuntime:
         self.liveness = protocol.HEARTBEAT_LIVENESS
         self.registered = trio.Event()
         self.streams: dict[int, BusStreamEnd] = {}
-        self._last_status: dict[str, bytes] = {}
+        self._last_status: dict[str, protocol.Event] = {}
         self._online: dict[str, dict[str, Any]] = {}
         self._nursery: trio.Nursery | None = None
         self._backoff = 0.1
@@ -93,10 +93,10 @@ class ServiceRuntime:
 
     # -- what drivers call --------------------------------------------------------------
     def publish(self, topic: str, body: Any) -> None:
-        raw = protocol.pack(body)
+        event = protocol.Event.of(topic, body)
         if topic.endswith(".status"):
-            self._last_status[topic] = raw
-        self._send_now(protocol.encode(protocol.EVENT, {"topic": topic}, raw))
+            self._last_status[topic] = event
+        self._send_now(event.to_frames())
 
     def online_setter(self, name: str) -> Any:
         def set_online(online: bool, reason: str = "") -> None:
@@ -135,14 +135,12 @@ class ServiceRuntime:
 
     async def aclose(self) -> None:
         if self.sock is not None and self.registered.is_set():
-            self.sock.send_nowait(
-                protocol.encode(protocol.DISCONNECT, {"reason": "service stopping"})
-            )
+            self.sock.send_nowait(protocol.Disconnect("service stopping").to_frames())
         for drv in self.drivers.values():
             with trio.move_on_after(2):
                 await drv.close()
 
-    def _register_header(self) -> dict[str, Any]:
+    def _registration(self) -> protocol.Register:
         devices = []
         for entry in self.cfg.device_entries():
             drv = self.drivers[entry.name]
@@ -156,14 +154,14 @@ class ServiceRuntime:
                     "on_release": entry.on_release,
                 }
             )
-        return {
-            "service": self.cfg.service,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "user": getpass.getuser(),
-            "version": __version__,
-            "devices": devices,  # sent as the payload frame: a big PDU outgrows a header
-        }
+        return protocol.Register(
+            service=self.cfg.service,
+            devices=devices,  # sent as the payload frame: a big PDU outgrows a header
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            user=getpass.getuser(),
+            version=__version__,
+        )
 
     async def _session(self) -> None:
         raw = self.zctx.socket(zmq.DEALER)
@@ -175,9 +173,7 @@ class ServiceRuntime:
         self.registered = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
-                header = self._register_header()
-                devices = protocol.pack(header.pop("devices"))
-                await self._send(protocol.encode(protocol.REGISTER, header, devices))
+                await self._send(self._registration().to_frames())
                 self._last_heard = time.monotonic()
                 nursery.start_soon(self._heartbeats)
                 await self._receive_loop(sock, nursery)
@@ -200,7 +196,7 @@ class ServiceRuntime:
             if silent > self.heartbeat * self.liveness:
                 raise BrokerLost(f"no word from the broker for {silent:.1f}s")
             if self.sock is not None:
-                self.sock.send_nowait(protocol.encode(protocol.HEARTBEAT, {"role": "service"}))
+                self.sock.send_nowait(protocol.Heartbeat("service").to_frames())
 
     async def _receive_loop(self, sock: TrioSocket, nursery: trio.Nursery) -> None:
         while True:
@@ -235,32 +231,33 @@ class ServiceRuntime:
         elif t == protocol.STREAM_OPEN:
             self._open_stream(msg, nursery)
         elif t == protocol.WELCOME:
-            self._welcomed(msg.header)
+            self._welcomed(protocol.Welcome.parse(msg))
         elif t == protocol.DISCONNECT:
-            raise BrokerLost(f"broker asked us to register again: {msg.header.get('reason')}")
-        elif t == protocol.ERROR and msg.header.get("id") is None:
-            log.error(
-                "broker refused us", code=msg.header.get("code"), error=msg.header.get("message")
-            )
-            if msg.header.get("code") == "duplicate-name":
+            reason = protocol.Disconnect.parse(msg).reason
+            raise BrokerLost(f"broker asked us to register again: {reason}")
+        elif t == protocol.ERROR and msg.id is None:
+            err = protocol.Error.parse(msg)
+            log.error("broker refused us", code=err.code, error=err.message)
+            if err.code == "duplicate-name":
                 raise BrokerLost("registration refused; retrying")
 
-    def _welcomed(self, header: dict[str, Any]) -> None:
-        self.heartbeat = float(header.get("heartbeat", self.heartbeat))
-        self.liveness = int(header.get("liveness", self.liveness))
+    def _welcomed(self, welcome: protocol.Welcome) -> None:
+        if welcome.heartbeat is not None:
+            self.heartbeat = float(welcome.heartbeat)
+        if welcome.liveness is not None:
+            self.liveness = int(welcome.liveness)
         self.registered.set()
         self._backoff = 0.1  # a healthy session: the next loss retries quickly again
         log.info("registered", broker=self.address, devices=list(self.drivers))
-        for topic, raw in self._last_status.items():  # the new broker has no status cache yet
-            self._send_now(protocol.encode(protocol.EVENT, {"topic": topic}, raw))
+        for event in self._last_status.values():  # the new broker has no status cache yet
+            self._send_now(event.to_frames())
         for name, body in self._online.items():
             self.publish(f"device.{name}.online", body)
 
     # -- requests -----------------------------------------------------------------------
     def _dispatch(self, msg: Message, nursery: trio.Nursery) -> None:
-        h = msg.header
-        rid = h.get("id")
-        device, method = h.get("device"), h.get("method")
+        req = protocol.Request.parse(msg)
+        rid, device, method = req.id, req.device, req.method
         try:
             if method == "__reset__":
                 drv = self.drivers.get(device)  # type: ignore[arg-type]
@@ -276,11 +273,11 @@ class ServiceRuntime:
             if entry is None:
                 entry = self._entry(device, method)  # type: ignore[arg-type]
             fn, is_async, mutating, sig = entry
-            args, kwargs = protocol.unpack_args(msg.payload[0]) if msg.payload else ([], {})
+            args, kwargs = req.arguments()
             if sig is not None or args or kwargs:  # a method without parameters needs no bind
                 self._check_args(device, method, sig or inspect.signature(fn), args, kwargs)  # type: ignore[arg-type]
             if is_async:
-                timeout = h.get("timeout")
+                timeout = req.timeout
                 # one cancel scope: its deadline is the caller's timeout, and a lease end
                 # cancels it (mutating calls only)
                 scope = trio.CancelScope()
@@ -359,25 +356,24 @@ class ServiceRuntime:
 
     def _reply(self, rid: Any, result: Any) -> None:
         try:
-            body = protocol.pack(result)
+            frames = protocol.Reply(rid, result).to_frames()
         except (TypeError, ValueError) as exc:
             self._reply_error(rid, DriverError(f"result cannot be sent: {exc}"), None, None)
             return
-        self._send_now(protocol.encode(protocol.REPLY, {"id": rid}, body))
+        self._send_now(frames)
 
     def _reply_error(self, rid: Any, exc: Exception, device: Any, method: Any) -> None:
         if not isinstance(exc, LabError):
             log.exception("driver raised", device=device, method=method)
             exc = DriverError(f"{type(exc).__name__}: {exc}")
-        self._send_now(protocol.error_frames(exc, rid))
+        self._send_now(protocol.Error.of(exc, rid).to_frames())
 
     # -- streams ------------------------------------------------------------------------
     def _open_stream(self, msg: Message, nursery: trio.Nursery) -> None:
-        h = msg.header
-        sid, device, name = h.get("sid"), h.get("device"), h.get("stream")
+        offer = protocol.StreamOffer.parse(msg)
+        sid, device, name, args = offer.sid, offer.device, offer.stream, offer.args
         drv = self.drivers.get(device)  # type: ignore[arg-type]
         opener = getattr(drv, "open_stream", None)
-        args = h.get("args") or {}
         if not isinstance(sid, int) or drv is None or opener is None or name not in drv.streams:
             reason = f"{device!r} has no stream {name!r}"
         elif not isinstance(args, dict):
@@ -385,47 +381,54 @@ class ServiceRuntime:
         else:
             reason = ""
         if reason:
-            self._send_now(protocol.encode(protocol.STREAM_CLOSE, {"sid": sid, "reason": reason}))
+            self._send_now(protocol.StreamClose(sid, reason).to_frames())
             return
-        end = BusStreamEnd(
-            sid,
-            args,
-            bool(h.get("writable")),
-            int(h.get("credit", 0)),
-            self._send,
-        )
+        credit = offer.credit if isinstance(offer.credit, int) else 0
+        end = BusStreamEnd(sid, args, offer.writable, credit, self._send)
         self.streams[sid] = end
         nursery.start_soon(self._run_stream, opener, name, end)
 
     async def _run_stream(self, opener: Any, name: str, end: BusStreamEnd) -> None:
-        reason = "stream ended"
+        """Run the driver's stream; what it returns is the result STREAM-CLOSE carries,
+        what it raises the error (so an upload's writer learns the verdict)."""
+        result: Any = protocol.NO_RESULT
+        error: Exception | None = None
         try:
             with end.scope:
                 await end.start()
-                await opener(name, end)
+                returned = await opener(name, end)
+                if returned is not None:
+                    result = returned
         except (trio.ClosedResourceError, trio.EndOfChannel, trio.BrokenResourceError):
             pass
         except LabError as exc:
-            reason = exc.message
+            error = exc
         except Exception as exc:
             log.exception("stream failed", stream=name)
-            reason = f"{type(exc).__name__}: {exc}"
+            error = exc
         finally:
             self.streams.pop(end.sid, None)
         if not end.closed and self.sock is not None:
             with trio.move_on_after(1):
-                await end.close(reason)
+                if error is not None:
+                    await end.fail(error)
+                else:
+                    await end.close("stream ended", result=result)
 
     def _stream_message(self, msg: Message, nursery: trio.Nursery) -> None:
-        sid = msg.header.get("sid")
-        end = self.streams.get(sid)  # type: ignore[arg-type]
+        end = self.streams.get(msg.sid)  # type: ignore[arg-type]
         if end is None:
             return
         if msg.mtype == protocol.STREAM_DATA:
-            for frame in msg.payload:
+            data = protocol.StreamData.parse(msg)
+            for frame in data.data:
                 end.deliver(frame)
+            if data.end:
+                end.end_of_data()
         elif msg.mtype == protocol.STREAM_CREDIT:
-            end.add_credit(int(msg.header.get("credit", 0)))
+            credit = protocol.StreamCredit.parse(msg).credit
+            if isinstance(credit, int) and credit > 0:
+                end.add_credit(credit)
         else:
             end.remote_closed()
             nursery.start_soon(self._finish_stream, end)

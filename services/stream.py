@@ -4,6 +4,10 @@ The runtime creates one ``StreamEnd`` per stream a client opens on a device and 
 driver's ``open_stream(name, end)`` in its own task; the task is cancelled when the
 client closes the stream, its lease ends, or the broker goes away. Flow control is
 credit-based: ``send`` waits until the reader has granted enough bytes.
+
+An upload: the driver ``receive()``s until EndOfChannel (the client called ``finish()``),
+then answers with ``close(result=...)`` or ``fail(error)``. Returning a value from
+``open_stream`` closes with it as the result; raising closes with the error.
 """
 
 from __future__ import annotations
@@ -22,9 +26,17 @@ class StreamEnd(Protocol):
         ...
 
     async def receive(self) -> bytes:
-        """Next bytes the client wrote; raises ``trio.EndOfChannel`` when it closes."""
+        """Next bytes the client wrote; raises ``trio.EndOfChannel`` when the client closes
+        or ends its data (``finish()``); after the latter the stream stays open for the
+        verdict: ``close(result=...)`` or ``fail(error)``."""
         ...
 
-    async def close(self, reason: str = "") -> None:
-        """End the stream from the device side; the client sees ``reason``."""
+    async def close(self, reason: str = "", *, result: Any = ...) -> None:
+        """End the stream from the device side; the client sees ``reason``, and its
+        ``finish()`` returns ``result`` (None when not given)."""
+        ...
+
+    async def fail(self, error: BaseException) -> None:
+        """End the stream with an error; the client's ``finish()`` raises it typed (a
+        LabError keeps its class, anything else becomes DriverError)."""
         ...

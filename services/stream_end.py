@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from labctl import protocol
+from labctl.errors import DriverError, LabError
 
 WINDOW = 1 << 20  # bytes a service grants a writing client at a time
 
@@ -36,18 +37,19 @@ class BusStreamEnd:
         self.closed = False
         self.scope = trio.CancelScope()
         self.drained = trio.Event()  # set once every byte the client wrote was taken
+        self.writer_done = False  # the client sent end of data (it waits for the verdict)
 
     async def start(self) -> None:
         """Tell the broker the device has the stream (it answers the client then)."""
-        hdr = {"sid": self.sid, "credit": WINDOW if self.writable else 0}
-        await self._send(protocol.encode(protocol.STREAM_OPEN, hdr))
+        await self._send(
+            protocol.StreamAccept(self.sid, WINDOW if self.writable else 0).to_frames()
+        )
 
     # -- device -> client ---------------------------------------------------------------
     async def send(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
         if self.closed:
             raise trio.ClosedResourceError("stream closed")
         view = memoryview(data)
-        header = {"sid": self.sid}
         while view:
             while self._credit <= 0:
                 if self.closed:
@@ -57,8 +59,7 @@ class BusStreamEnd:
             n = min(len(view), self._credit)
             chunk = view[:n]
             self._credit -= n
-            hdr = header if meta is None else {**header, **meta}
-            await self._send(protocol.encode(protocol.STREAM_DATA, hdr, chunk))
+            await self._send(protocol.StreamData(self.sid, [chunk], meta).to_frames())
             if meta is not None:  # later pieces carry the offset on, not a gap again
                 meta = {"offset": meta["offset"] + n} if "offset" in meta else None
             view = view[n:]
@@ -88,19 +89,36 @@ class BusStreamEnd:
         return data
 
     async def _grant(self, n: int) -> None:
-        await self._send(protocol.encode(protocol.STREAM_CREDIT, {"sid": self.sid, "credit": n}))
+        await self._send(protocol.StreamCredit(self.sid, n).to_frames())
 
     # -- ending -------------------------------------------------------------------------
+    def end_of_data(self) -> None:
+        """The writer sent its last byte (STREAM-DATA ``end``): ``receive()`` raises
+        EndOfChannel once the bytes before it are taken; output and close still work."""
+        self.writer_done = True
+        self._inbox_send.close()
+
     def remote_closed(self) -> None:
         """The client closed: no more output; input already sent is still delivered."""
         self.closed = True
         self._inbox_send.close()  # receive() sets `drained` when it hits the end
         self._credit_changed.set()
 
-    async def close(self, reason: str = "") -> None:
+    async def close(self, reason: str = "", *, result: Any = protocol.NO_RESULT) -> None:
+        """End the stream; the client's ``finish()`` returns ``result`` (default: None)."""
+        await self._close(
+            protocol.StreamClose(self.sid, reason or "closed by device", result=result)
+        )
+
+    async def fail(self, error: BaseException) -> None:
+        """End the stream with a typed error; the client's ``finish()`` raises it."""
+        if not isinstance(error, LabError):
+            error = DriverError(f"{type(error).__name__}: {error}")
+        await self._close(protocol.StreamClose(self.sid, error.message, error=error))
+
+    async def _close(self, message: protocol.StreamClose) -> None:
         if not self.closed:
             self.closed = True
-            hdr = {"sid": self.sid, "reason": reason or "closed by device"}
-            await self._send(protocol.encode(protocol.STREAM_CLOSE, hdr))
+            await self._send(message.to_frames())
         self._inbox_send.close()
         self._credit_changed.set()

@@ -85,7 +85,7 @@ def test_killing_lab_up_takes_its_children_with_it(workdir) -> None:  # type: ig
     up = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(
-            lambda: len(_children(up.pid)) == 6, 20, "broker, 3 services, 2 simulated boards"
+            lambda: len(_children(up.pid)) == 7, 20, "broker, 4 services, 2 simulated boards"
         )
         children = _children(up.pid)
         up.kill()  # SIGKILL: lab up gets no chance to clean up
@@ -123,7 +123,8 @@ def test_the_built_in_example_lab_boots_a_simulated_board(workdir) -> None:  # t
     up = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     lab = Lab(bus, timeout=5)
     try:
-        expected = ["rpi4-01-console", "rpi4-01-power", "rpi4-02-console", "rpi4-02-power"]
+        expected = ["rpi4-01-console", "rpi4-01-power", "rpi4-01-storage",
+                    "rpi4-02-console", "rpi4-02-power", "rpi4-02-storage"]  # fmt: skip
 
         def online() -> list[str]:
             try:
@@ -145,3 +146,15 @@ def test_the_built_in_example_lab_boots_a_simulated_board(workdir) -> None:  # t
             up.kill()
             up.wait()
         log.close()
+
+
+def test_lab_example_prints_the_lab_file_that_lab_up_runs_without_one(workdir) -> None:  # type: ignore[no-untyped-def]
+    from labctl.cli.lab_up import load_lab
+
+    r = subprocess.run([sys.executable, "-m", "labctl.cli", "lab", "example"],
+                       capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    copy = workdir / "lab.yaml"
+    copy.write_text(r.stdout)
+    run = workdir / "run"
+    assert load_lab(str(copy), run) == load_lab(None, run)
+    assert load_lab(None, run)["services"][1]["config"]["url"] == f"{run}/rpi4-01.tty"

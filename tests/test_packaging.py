@@ -25,6 +25,7 @@ def test_wheel_maps_every_folder_under_labctl(tmp_path: Path) -> None:
     mapped = {n.replace("labctl/", "", 1) for n in names if n.endswith(".py")}
     expected = {s.replace("sdk/", "", 1) if s.startswith("sdk/") else s for s in sources}
     assert expected <= mapped, f"missing from the wheel: {sorted(expected - mapped)}"
+    assert "labctl/services/simulators/example_lab.yaml" in names  # what `lab up` runs
     entry_points = (
         zipfile.ZipFile(wheel)
         .read(next(n for n in names if n.endswith("entry_points.txt")))

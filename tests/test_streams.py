@@ -225,7 +225,7 @@ def test_reader_resumes_at_its_offset_after_a_broker_restart(
 def test_console_expect_against_a_booting_simulated_dut(harness: LabHarness) -> None:
     link = harness.root / "tty-dut"
     power = harness.root / "power"
-    sim = subprocess.Popen([sys.executable, "-m", "labctl.services.serial.simdut", "--link", str(link),
+    sim = subprocess.Popen([sys.executable, "-m", "labctl.services.simulators.simdut", "--link", str(link),
                             "--power-file", str(power)], stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert sim.stdout is not None and "simdut ready" in sim.stdout.readline()
@@ -253,7 +253,7 @@ def test_console_expect_against_a_booting_simulated_dut(harness: LabHarness) -> 
 
 def test_port_unplugged_and_back_is_published(harness: LabHarness) -> None:
     link = harness.root / "tty-plug"
-    argv = [sys.executable, "-m", "labctl.services.serial.simdut", "--link", str(link)]
+    argv = [sys.executable, "-m", "labctl.services.simulators.simdut", "--link", str(link)]
     sim = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert sim.stdout is not None and "simdut ready" in sim.stdout.readline()

@@ -1,7 +1,7 @@
 """A power driver that keeps its state in memory: for tests of other parts and demos.
 
 With ``state_file`` it also writes ``on``/``off`` to that file, which is how the
-simulated DUT (``labctl.services.serial.simdut --power-file``) knows when to boot.
+simulated DUT (``labctl.services.simulators.simdut --power-file``) knows when to boot.
 """
 
 from __future__ import annotations

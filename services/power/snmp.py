@@ -2,8 +2,8 @@
 
 Each outlet of a PDU is its own driver instance, but instances with the same agent and
 credentials share one pysnmp engine, all on one process-wide asyncio loop thread
-(:mod:`.asyncio_bridge`): pysnmp 7 is asyncio-only. MIBs are never loaded
-(``lookupMib=False``); every OID is numeric, so no MIB files are needed on the host.
+(:mod:`labctl.services.bridges.asyncio_thread`): pysnmp 7 is asyncio-only. MIBs are never
+loaded (``lookupMib=False``); every OID is numeric, so no MIB files are needed on the host.
 
 What may go wrong, and how it is reported (one-line :class:`DriverError`):
 
@@ -28,8 +28,8 @@ from pysnmp.proto import rfc1902, rfc1905
 
 from labctl.errors import DriverError
 
+from ..bridges.asyncio_thread import shared_loop
 from ..driver import DriverConfig
-from .asyncio_bridge import shared_loop
 from .interface import PowerDriver
 from .snmp_templates import TEMPLATES, OutletTemplate
 

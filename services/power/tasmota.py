@@ -25,9 +25,9 @@ from pydantic import model_validator
 
 from labctl.errors import DriverError, NotSupported
 
+from ..bridges.mqtt import MqttLink, MqttMessage, TlsOptions
 from ..driver import DriverConfig
 from .interface import PowerDriver
-from .mqtt_bridge import MqttLink, MqttMessage, TlsOptions
 
 log = structlog.get_logger(__name__)
 

@@ -1,9 +1,10 @@
 """A serial console without a port: an echo loopback, and a byte generator for benchmarks.
 
-Whatever is written to the ``console`` stream (or sent with ``send``) comes back on it,
-like a board with local echo. Opening the stream with ``{"generate": N}`` sends N bytes
-of a repeating pattern and closes: that measures the stream path (service, broker,
-client) without a pty in the way.
+Whatever is written (``send``, or a writable ``console`` stream) comes back on the
+console, like a board with local echo, and lands in the scrollback (``log``). ``break``
+and ``settings`` are accepted and recorded; ``status`` reports a connected port. Opening
+the stream with ``{"generate": N}`` sends N bytes of a repeating pattern and closes: that
+measures the stream path (service, broker, client) without a pty in the way.
 """
 
 from __future__ import annotations
@@ -12,56 +13,51 @@ from typing import Any
 
 import trio
 
-from ..driver import Driver, DriverConfig
-from ..export import export
 from ..stream import StreamEnd
-
-CHUNK = 64 * 1024
-
-
-class MockSerialConfig(DriverConfig):
-    pass
+from .interface import CHUNK, SerialConfig, SerialDriver
 
 
-class MockSerial(Driver):
-    kind = "serial"
+class MockSerialConfig(SerialConfig):
+    """``config:`` of a ``kind: serial, driver: mock`` device: the line settings only."""
+
+
+class MockSerial(SerialDriver):
     Config = MockSerialConfig
-    streams = {"console": {"writable": True}}
+    config: MockSerialConfig
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._send, self._echo = trio.open_memory_channel[bytes](64)
-        self._offset = 0
+        self.breaks: list[float] = []  # durations of the breaks sent, for tests
+        self.applied: list[dict[str, Any]] = []  # settings applied to the "port"
 
-    @export(mutating=True)
-    async def send(self, data: str | bytes) -> int:
-        """Write ``data``; it is echoed on the console."""
-        raw = data.encode() if isinstance(data, str) else data
-        await self._send.send(raw)
-        return len(raw)
+    @property
+    def port_url(self) -> str:
+        return "mock://echo"
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.connected(True)
+
+    async def write_port(self, data: bytes) -> None:
+        self.received(data)
+        await trio.lowlevel.checkpoint()
+
+    async def break_port(self, duration: float) -> None:
+        self.breaks.append(duration)
+        await trio.lowlevel.checkpoint()
+
+    async def apply_port_settings(self, settings: dict[str, Any]) -> None:
+        self.applied.append(dict(settings))
+        await trio.lowlevel.checkpoint()
 
     async def open_stream(self, name: str, end: StreamEnd) -> None:
-        total = end.args.get("generate")
-        if isinstance(total, int):
-            block = bytes(range(256)) * (CHUNK // 256)
-            sent = 0
-            while sent < total:
-                n = min(CHUNK, total - sent)
-                await end.send(block[:n])
-                sent += n
-            await end.close("generated")
+        total = (end.args or {}).get("generate")
+        if name != "console" or not isinstance(total, int):
+            await super().open_stream(name, end)
             return
-        async with trio.open_nursery() as nursery:
-            if end.writable:
-                nursery.start_soon(self._pump_input, end)
-            async for data in self._echo:
-                self._offset += len(data)
-                await end.send(data, {"offset": self._offset - len(data)})
-
-    async def _pump_input(self, end: StreamEnd) -> None:
-        while True:
-            try:
-                data = await end.receive()
-            except trio.EndOfChannel:
-                return
-            await self._send.send(data)
+        block = bytes(range(256)) * (CHUNK // 256)
+        sent = 0
+        while sent < total:
+            n = min(CHUNK, total - sent)
+            await end.send(block[:n])
+            sent += n
+        await end.close("generated")

@@ -26,8 +26,6 @@ from serial.urlhandler import protocol_socket
 
 #: longest a worker thread blocks in one read; bounds how long cancelling a read takes
 READ_TIMEOUT = 0.05
-#: the pyserial settings labctl exposes (``settings()`` and the driver config)
-SETTINGS = ("baudrate", "bytesize", "parity", "stopbits", "xonxoff", "rtscts")
 
 _ERRORS = (serial.SerialException, OSError, termios.error, trio.ClosedResourceError)
 

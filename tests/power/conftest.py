@@ -15,12 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from ..harness import free_port, wait_until
 
 HERE = Path(__file__).parent
 
@@ -37,21 +38,6 @@ V3_USERS: dict[str, tuple[str, str]] = {  # user: (auth_protocol, priv_protocol)
     "u_sha512_aes": ("SHA-512", "AES"),
 }
 AUTH_KEY, PRIV_KEY = "authpass-123", "privpass-456"
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Bounded polling for a peer to come up (fixtures run outside trio)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready after {timeout}s")
-        time.sleep(0.01)
 
 
 def stop_process(
@@ -323,14 +309,14 @@ def make_certificates(d: Path) -> None:
 
 # -- simulated Tasmota plug -------------------------------------------------------------
 class SimPlug:
-    """``labctl.services.power.sim_tasmota`` as a child process, driven through stdin."""
+    """``labctl.services.simulators.sim_tasmota`` as a child process, driven through stdin."""
 
     def __init__(self, broker: Broker, topic: str, *extra: str) -> None:
         self.broker, self.topic, self.extra = broker, topic, extra
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> SimPlug:
-        argv = [sys.executable, "-m", "labctl.services.power.sim_tasmota",
+        argv = [sys.executable, "-m", "labctl.services.simulators.sim_tasmota",
                 "--port", str(self.broker.port), "--topic", self.topic, *self.extra]  # fmt: skip
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1

@@ -15,7 +15,7 @@ import trio
 from labctl.errors import DriverError, NotSupported
 from labctl.services.power.shell import ShellPower
 
-from .helpers import eventually, running, trio_test
+from ..drivers.harness import eventually, running, trio_test
 
 
 def relay_cfg(relay: Path, **over: Any) -> dict[str, Any]:

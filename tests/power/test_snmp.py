@@ -11,8 +11,8 @@ import trio
 from labctl.errors import DriverError
 from labctl.services.power.snmp import SnmpPower
 
+from ..drivers.harness import running, trio_test
 from .conftest import AUTH_KEY, PRIV_KEY, V3_USERS, SnmpAgent
-from .helpers import running, trio_test
 
 
 def cfg(agent: SnmpAgent, **over: Any) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import trio
 from labctl.errors import DriverError, NotSupported
 from labctl.services.power.tasmota import TasmotaPower
 
+from ..drivers.harness import eventually, running, trio_test
 from .conftest import Broker, SimPlug, free_port
-from .helpers import eventually, running, trio_test
 
 StartPlug = Callable[..., SimPlug]
 

@@ -7,17 +7,17 @@ from collections.abc import Iterator
 import pytest
 
 from labctl.errors import DriverError
-from labctl.services.power import ykush
+from labctl.services.bridges import usb as usb_bridge
 from labctl.services.power.ykush import YkushPower
 
+from ..drivers.harness import running, trio_test
 from .fake_usb import FakeBackend, FakeYkush
-from .helpers import running, trio_test
 
 
 @pytest.fixture(autouse=True)
 def forget_hubs() -> Iterator[None]:
     yield
-    ykush._HUBS.clear()  # opened hubs are cached per process
+    usb_bridge.forget_all()  # opened devices are shared per process
 
 
 @pytest.fixture
@@ -102,11 +102,11 @@ async def test_hub_not_found(hubs: tuple) -> None:
     backend, _, _ = hubs
     async with running(YkushPower, {"serial": "YK404", "port": 1}, backend=backend) as (drv, _):
         with pytest.raises(
-            DriverError, match=r"no YKUSH hub with serial 'YK404' \(hubs found: YK10001, YK10002\)"
+            DriverError, match=r"no YKUSH hub with serial 'YK404' \(found: YK10001, YK10002\)"
         ):
             await drv.state()
     async with running(YkushPower, {"port": 1}, backend=FakeBackend([])) as (drv, _):
-        with pytest.raises(DriverError, match=r"no YKUSH hub at all \(hubs found: none\)"):
+        with pytest.raises(DriverError, match=r"no YKUSH hub at all \(found: none\)"):
             await drv.state()
 
 
@@ -148,7 +148,7 @@ async def test_early_firmware_answers_are_understood() -> None:
 
 def test_module_level_backend_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     backend = FakeBackend([])
-    monkeypatch.setattr(ykush, "BACKEND", backend)
+    monkeypatch.setattr(usb_bridge, "BACKEND", backend)
     drv = YkushPower(*_ctx_and_cfg(1))
     assert drv.backend is backend
 

@@ -18,7 +18,7 @@ from .helpers import WAIT, MemoryStream, Pty, make_driver, running, trio_test
 async def test_data_flows_both_ways_between_pty_and_console_stream(tmp_path: Path) -> None:
     pty = Pty(tmp_path / "tty")
     async with running(tmp_path / "tty") as run:
-        assert run.events.statuses() == ["connected"]
+        assert run.events.statuses("port") == ["connected"]
         stream = await run.stream(writable=True)
         await pty.write(b"U-Boot 2024.01\r\n=> ")
         with trio.fail_after(WAIT):
@@ -197,4 +197,4 @@ async def test_loop_url_goes_through_the_threaded_bridge() -> None:
         await run.driver.send(b"echo me\n")  # loop:// reads back what it is sent
         with trio.fail_after(WAIT):
             assert await stream.client_read(8) == (0, b"echo me\n")
-    assert run.events.statuses() == ["connected"]
+    assert run.events.statuses("port") == ["connected"]

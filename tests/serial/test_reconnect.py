@@ -25,7 +25,7 @@ async def test_unplugged_pty_is_reported_and_used_again_when_it_returns(tmp_path
             assert await stream.client_read(8) == (0, b"before\r\n")
 
         pty.close()  # the adapter is unplugged
-        await events.wait_for_status("disconnected")
+        await events.wait_for_status("port", "disconnected")
         status = await driver.status()
         assert status["port"] == "disconnected" and status["error"]
         with pytest.raises(DeviceOffline):
@@ -35,7 +35,7 @@ async def test_unplugged_pty_is_reported_and_used_again_when_it_returns(tmp_path
         assert (await driver.status())["dropped"] == 21
 
         pty = Pty(link)  # plugged back (a new pty behind the same name)
-        await events.wait_for_status("connected", count=2)
+        await events.wait_for_status("port", "connected", count=2)
         await pty.write(b"after\r\n")
         with trio.fail_after(WAIT):
             assert await stream.client_read(7) == (8, b"after\r\n")  # offsets go on
@@ -43,20 +43,19 @@ async def test_unplugged_pty_is_reported_and_used_again_when_it_returns(tmp_path
         assert await pty.read(3) == b"ls\r"
     pty.close()
 
-    assert events.statuses() == ["connected", "disconnected", "connected"]
-    online = [body for topic, body in events.events if topic == "online"]
-    assert [body["online"] for body in online] == [True, False, True]
-    assert online[1]["reason"].startswith("serial port: ")
+    assert events.statuses("port") == ["connected", "disconnected", "connected"]
+    assert [online for online, _ in events.online] == [True, False, True]
+    assert events.online[1][1].startswith("serial port: ")
 
 
 @trio_test
 async def test_a_port_missing_at_start_comes_online_when_it_appears(tmp_path: Path) -> None:
     link = tmp_path / "ttyACM0"
     async with running(link) as run:
-        assert run.events.statuses() == ["disconnected"]
+        assert run.events.statuses("port") == ["disconnected"]
         assert "cannot open" in run.events.events[0][1]["error"]
         pty = Pty(link)
-        await run.events.wait_for_status("connected")
+        await run.events.wait_for_status("port", "connected")
         assert await run.driver.send(b"\r") == 1
         assert await pty.read(1) == b"\r"
     pty.close()
@@ -71,15 +70,15 @@ async def test_dropped_socket_reconnects(tmp_path: Path) -> None:
     port = listener.getsockname()[1]
     async with running(f"socket://127.0.0.1:{port}") as run:
         conn, _ = await listener.accept()
-        await run.events.wait_for_status("connected")
+        await run.events.wait_for_status("port", "connected")
         stream = await run.stream({"since": 0})
         await conn.send(b"ser2net says hi")
         with trio.fail_after(WAIT):
             assert await stream.client_read(15) == (0, b"ser2net says hi")
         conn.close()
-        await run.events.wait_for_status("disconnected")
+        await run.events.wait_for_status("port", "disconnected")
         conn, _ = await listener.accept()  # the driver dialled again
-        await run.events.wait_for_status("connected", count=2)
+        await run.events.wait_for_status("port", "connected", count=2)
         await run.driver.send("again")
         assert await conn.recv(5) == b"again"
     conn.close()

@@ -17,7 +17,7 @@ import trio
 
 from labctl.console import Console, FdTransport
 
-from .helpers import WAIT, EventRecorder, MemoryStream, SimDut, make_driver
+from .helpers import WAIT, MemoryStream, Recorder, SimDut, make_driver
 
 
 def open_console(link: Path, **kwargs: Any) -> Console:
@@ -116,7 +116,7 @@ class StreamTransport:
 
 
 @contextmanager
-def console_stream(link: Path, stream: MemoryStream) -> Iterator[EventRecorder]:
+def console_stream(link: Path, stream: MemoryStream) -> Iterator[Recorder]:
     """A serial driver on ``link`` serving ``stream``, in a trio thread of its own."""
     ready: queue.Queue[trio.lowlevel.TrioToken] = queue.Queue()
     stop = threading.Event()
@@ -155,12 +155,16 @@ def test_console_over_the_console_stream_survives_a_board_restart(
 
         power.write_text("off")  # the next start must wait for the driver to reconnect
         dut.stop(kill=True)  # pulled out: the link now dangles
-        trio.from_thread.run(events.wait_for_status, "disconnected", trio_token=events.token)
+        trio.from_thread.run(
+            events.wait_for_status, "port", "disconnected", trio_token=events.token
+        )
         simdut(link, power)
-        trio.from_thread.run(events.wait_for_status, "connected", 2, trio_token=events.token)
+        trio.from_thread.run(
+            events.wait_for_status, "port", "connected", 2, trio_token=events.token
+        )
         power.write_text("on")
         con.expect_exact("simdut login: ")
         con.sendline("root")
         con.sendline("uname")
         con.expect_exact("Linux\r\n")
-        assert events.statuses() == ["connected", "disconnected", "connected"]
+        assert events.statuses("port") == ["connected", "disconnected", "connected"]

@@ -1,6 +1,6 @@
 """A simulated DUT console on a real pty, for tests and the simulated lab.
 
-    python -m labctl.services.serial.simdut --link /tmp/lab/rpi4-01.tty [--boot-delay 0.5]
+    python -m labctl.services.simulators.simdut --link /tmp/lab/rpi4-01.tty [--boot-delay 0.5]
         [--power-file /tmp/lab/rpi4-01.power] [--hostname rpi4-01]
 
 It creates a pty, points ``--link`` at its slave side (a serial service uses that path as
@@ -8,6 +8,12 @@ its ``url``), prints ``simdut ready <slave> <link>`` on stdout, then plays a boa
 a U-Boot banner, a Linux boot log after ``--boot-delay`` seconds, a ``login:`` prompt that
 accepts ``root`` (no password), and a ``# `` shell answering ``uname [-a]``, ``echo``,
 ``cat /etc/os-release``, ``reboot`` and ``exit``/``logout`` (back to ``login:``).
+
+With ``--storage CARD --storage-state FILE`` (a mock storage device's ``path`` and
+``state_file``) the board boots what was written to its card: an image carrying
+``LABCTL_IMAGE_VERSION=<v>`` in its first MiBs boots, prints the version and answers
+``cat /etc/os-release`` with ``VERSION_ID=<v>``; no image or no marker stops at a U-Boot
+``=> `` prompt after a boot failure; a card switched to the host is "no medium".
 
 With ``--power-file`` the board is powered only while that file contains ``on``: it
 prints nothing while off (or while the file is missing) and boots afresh on each
@@ -77,7 +83,16 @@ class Board:
     ``emit`` receives every byte the board prints.
     """
 
-    def __init__(self, emit: Callable[[bytes], None], hostname: str, boot_delay: float):
+    def __init__(
+        self,
+        emit: Callable[[bytes], None],
+        hostname: str,
+        boot_delay: float,
+        card: Callable[[], tuple[str, str | None]] | None = None,
+    ):
+        #: where the boot medium is and what it boots: ("dut", version|None) or ("host", None)
+        self.card = card
+        self.version: str | None = None
         self.emit = emit
         self.hostname = hostname
         self.boot_delay = boot_delay
@@ -91,14 +106,36 @@ class Board:
             self.state = "booting"
             self.emit(crlf(UBOOT))
             self.kernel_at = now + self.boot_delay
+            if self.card is not None:
+                self.boot_from_card()
         elif not on and self.state != "off":
             self.state, self.kernel_at = "off", None
             self.line.clear()
+
+    def boot_from_card(self) -> None:
+        """Look at the card the way a bootloader would; stop at its prompt if nothing boots."""
+        assert self.card is not None
+        side, version = self.card()
+        self.version = None
+        if side == "dut" and version:
+            self.version = version
+            self.emit(crlf(f"Found LABCTL image version {version} on mmc0\n"))
+            return
+        self.kernel_at = None
+        if side != "dut":
+            why = "MMC: no medium (the card is switched to the host)\n"
+        else:
+            why = "mmc0: no bootable image (no LABCTL_IMAGE_VERSION marker)\n"
+        self.emit(crlf(why + "Boot failure: nothing to boot\n"))
+        self.state = "bootloader"
+        self.emit(b"=> ")
 
     def tick(self, now: float) -> None:
         if self.kernel_at is not None and now >= self.kernel_at:
             self.kernel_at = None
             self.emit(crlf(LINUX.format(host=self.hostname)))
+            if self.version is not None:
+                self.emit(crlf(f"labctl image version {self.version}\n\n"))
             self.login_prompt()
 
     def login_prompt(self) -> None:
@@ -109,7 +146,7 @@ class Board:
         self.emit(f"root@{self.hostname}:~# ".encode())
 
     def feed(self, data: bytes) -> None:
-        if self.state not in ("login", "shell"):
+        if self.state not in ("login", "shell", "bootloader"):
             return  # nobody listens while off or booting
         for byte in data:
             char = bytes((byte,))
@@ -137,6 +174,12 @@ class Board:
                 self.emit(char)  # echo, as the tty layer would
 
     def enter(self, line: str) -> None:
+        if self.state == "bootloader":
+            name = line.strip().split(" ")[0]
+            if name:
+                self.emit(crlf(f"Unknown command '{name}' - try 'help'\n"))
+            self.emit(b"=> ")
+            return
         if self.state == "login":
             if not line.strip():
                 self.login_prompt()  # like getty: an empty line asks again
@@ -169,6 +212,8 @@ class Board:
             out = rest + "\n"
         elif command == "cat /etc/os-release":
             out = OS_RELEASE
+            if self.version is not None:
+                out = out.replace('VERSION_ID="12"', f"VERSION_ID={self.version}")
         elif name in ("", "true"):
             out = ""
         else:
@@ -230,9 +275,28 @@ def powered(power_file: str | None) -> bool:
         return False
 
 
+def storage_card(path: str, state_file: str | None) -> tuple[str, str | None]:
+    """Where the card is (a mock storage device's state file) and the version it boots."""
+    side = "dut"
+    if state_file is not None:
+        try:
+            with open(state_file) as f:
+                side = f.read().strip() or "off"
+        except OSError:
+            side = "off"
+    if side != "dut":
+        return side, None
+    from labctl.services.storage.simimage import find_version
+
+    return side, find_version(path)
+
+
 def serve(args: argparse.Namespace) -> None:
     console = PtyConsole(args.link)
-    board = Board(console.emit, args.hostname, args.boot_delay)
+    card = None
+    if args.storage:
+        card = lambda: storage_card(args.storage, args.storage_state)  # noqa: E731
+    board = Board(console.emit, args.hostname, args.boot_delay, card)
     print(f"simdut ready {console.slave_name} {args.link}", flush=True)
     next_poll = 0.0
     try:
@@ -265,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--power-file", help="boot only while this file says 'on'")
     parser.add_argument("--poll-interval", type=float, default=0.05, help="power file poll, s")
     parser.add_argument("--hostname", default="simdut")
+    parser.add_argument("--storage", help="the card: boot the image written there")
+    parser.add_argument("--storage-state", help="the card's mux side file (host/dut/off)")
     args = parser.parse_args(argv)
 
     def stop(signum: int, frame: object) -> None:

@@ -1,6 +1,6 @@
 """A simulated Tasmota plug on a real MQTT broker, for tests and the simulated lab.
 
-Run ``python -m labctl.services.power.sim_tasmota --port 1883 --topic plug1``. It behaves
+Run ``python -m labctl.services.simulators.sim_tasmota --port 1883 --topic plug1``. It behaves
 like Tasmota's default topics: ``cmnd/<topic>/POWER[n]`` with ``ON``/``OFF``/``TOGGLE``/
 ``1``/``0``/``2`` or empty (query) is answered on ``stat/<topic>/RESULT`` (JSON) and
 ``stat/<topic>/POWER[n]``; ``tele/<topic>/LWT`` is a retained ``Online`` with a will of

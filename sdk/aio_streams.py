@@ -1,0 +1,382 @@
+"""Streams, consoles and events for the trio SDK, over the same core as the sync ones.
+
+Each stream has its own DEALER and a receiver task in the stream's own nursery (opened by
+``async with``), so reads, writes and the verdict of an upload wait on events, never on
+polls. Credit, offsets, the close and when to resume are ``core.StreamState``'s; events
+are ``core.EventFilter``'s: the sync and trio SDKs cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from typing import TYPE_CHECKING, Any
+
+import trio
+import zmq
+from pexpect import EOF, TIMEOUT
+
+from . import core, protocol
+from .client import CONNECT_TIMEOUT, events_address
+from .errors import LabError, Timeout
+from .triozmq import TrioSocket
+
+if TYPE_CHECKING:
+    from .aio import AsyncLab
+
+__all__ = ["EOF", "TIMEOUT", "AsyncByteStream", "AsyncConsole", "AsyncEventStream"]
+
+
+def _dealer(address: str) -> TrioSocket:
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(address)
+    return TrioSocket(raw)
+
+
+class AsyncByteStream:
+    """A byte stream on a device (``async with device.stream("console") as s``)."""
+
+    def __init__(
+        self,
+        lab: AsyncLab,
+        device: str,
+        name: str,
+        write: bool,
+        lease: str | None,
+        args: dict[str, Any],
+        resume: float = core.RESUME_FOR,
+    ) -> None:
+        self.address, self.timeout = lab.address, lab.timeout
+        self.state = core.StreamState(device, name, write, lease, args, resume)
+        self._sock: TrioSocket | None = None
+        self._changed = trio.Event()
+        self._failure: LabError | None = None  # a resume that gave up
+
+    @property
+    def writable(self) -> bool:
+        return self.state.writable
+
+    @property
+    def offset(self) -> int | None:
+        return self.state.offset
+
+    @property
+    def closed_reason(self) -> str | None:
+        return self.state.closed_reason
+
+    # -- life cycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> AsyncByteStream:
+        await self._open()
+        self._nursery_cm = trio.open_nursery()
+        nursery = await self._nursery_cm.__aenter__()
+        self._cancel = nursery.cancel_scope
+        nursery.start_soon(self._receiver)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        self.close()
+        self._cancel.cancel()
+        return await self._nursery_cm.__aexit__(*exc)
+
+    async def _open(self) -> None:
+        """Open (or reopen) on a fresh socket; the open's reply is awaited right here."""
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = sock = _dealer(self.address)
+        rid, frames = core.Requests().frames(self.state.open_message(), self.timeout)
+        await sock.send(frames)
+        heard = False
+        with trio.move_on_after(CONNECT_TIMEOUT) as first:
+            frames = await sock.recv()
+            heard = True
+        if not heard:
+            raise core.timeout_error(self.address, None, first.deadline and CONNECT_TIMEOUT, False)
+        with trio.move_on_after(self.timeout):
+            while True:
+                msg = protocol.decode(frames)
+                if msg.id == rid:
+                    ans = core.answer(msg)
+                    if ans.error is not None:
+                        raise ans.error
+                    self.state.opened(ans.value)
+                    return
+                self.state.on_message(msg)
+                frames = await sock.recv()
+        raise Timeout(f"{self.state.label}: no answer to the open within {self.timeout:g}s")
+
+    async def _resume(self, why: str) -> None:
+        deadline = trio.current_time() + self.state.resume_for
+        delay = 0.05
+        while True:
+            try:
+                await self._open()
+                return
+            except core.RETRY_OPEN as exc:
+                if trio.current_time() >= deadline:
+                    self._failure = self.state.lost(why, exc)
+                    return
+            except LabError as exc:  # lease-required, device-busy, ...: retrying cannot help
+                self._failure = self.state.lost(why, exc)
+                return
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _receiver(self) -> None:
+        st = self.state
+        while st.closed_reason is None:
+            assert self._sock is not None
+            frames = None
+            with trio.move_on_after(core.PING_AFTER):
+                frames = await self._sock.recv()
+            if frames is None:  # idle: does the broker still know the stream?
+                self._sock.send_nowait(st.ping_frames())
+                continue
+            try:
+                st.on_message(protocol.decode(frames))
+            except LabError:
+                continue
+            if st.pending_resume is not None:
+                why, st.pending_resume = st.pending_resume, None
+                await self._resume(why)
+            self._wake()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # -- reading and writing ----------------------------------------------------------------
+    async def read_some(self, timeout: float | None = None) -> bytes:
+        """Bytes that arrived; b"" once the stream is closed; TimeoutError if none in time."""
+        st = self.state
+        with trio.move_on_after(float("inf") if timeout is None else timeout):
+            while not st.chunks:
+                if self._failure is not None:
+                    raise self._failure
+                if st.closed_reason is not None:
+                    return b""
+                await self._changed.wait()
+            data, grant = st.take()
+            if grant is not None and self._sock is not None:
+                await self._sock.send(grant)
+            return data
+        raise TimeoutError(f"no data on {st.label} within {timeout}s")
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes, waiting for credit; the service's typed error if it closed with one."""
+        st = self.state
+        view = memoryview(data)
+        while view:
+            if self._failure is not None:
+                raise self._failure
+            st.check_writable()
+            if st.credit <= 0:
+                await self._changed.wait()
+                continue
+            frames, n = st.data_frames(view)
+            assert self._sock is not None
+            await self._sock.send(frames, copy=n < 4096)
+            view = view[n:]
+
+    async def finish(self, timeout: float | None = None) -> Any:
+        """End the data and wait for the service's verdict: its result, or its typed error
+        raised (as ``ByteStream.finish``); Timeout after ``timeout`` seconds."""
+        st = self.state
+        frames = st.end_frames()
+        if frames is not None and self._sock is not None:
+            await self._sock.send(frames)
+        with trio.move_on_after(float("inf") if timeout is None else timeout):
+            while st.closed_reason is None:
+                await self._changed.wait()
+            if self._failure is not None:
+                raise self._failure
+            return st.verdict()
+        raise Timeout(f"{st.label}: no verdict within {timeout:g}s")
+
+    def close(self) -> None:
+        """Close from this end (the service sees ``closed by client``)."""
+        frames = self.state.close_frames()
+        if self._sock is not None:
+            if frames is not None:
+                self._sock.send_nowait(frames)
+            self._sock.close()
+            self._sock = None
+        self._wake()
+
+    def __aiter__(self) -> AsyncByteStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await self.read_some(None)
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+
+class AsyncConsole:
+    """pexpect's core for trio: ``expect``, ``expect_exact``, ``send``, ``sendline``,
+    ``before``/``after``/``match``; raises ``pexpect.TIMEOUT`` and ``pexpect.EOF``."""
+
+    def __init__(
+        self, stream: AsyncByteStream, timeout: float | None = 30, encoding: str | None = "utf-8"
+    ) -> None:
+        self.stream = stream
+        self.timeout = timeout
+        self.encoding = encoding
+        self.linesep: str | bytes = "\n" if encoding else b"\n"
+        self._decoder = codecs.getincrementaldecoder(encoding)("replace") if encoding else None
+        self.buffer: Any = "" if encoding else b""
+        self.before: Any = None
+        self.after: Any = None
+        self.match: re.Match[Any] | None = None
+        self.eof = False
+
+    async def __aenter__(self) -> AsyncConsole:
+        await self.stream.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self.stream.__aexit__(*exc)
+
+    def _text(self, data: bytes) -> Any:
+        return self._decoder.decode(data) if self._decoder else data
+
+    async def read_some(self, timeout: float | None = -1) -> Any:
+        """What arrived (decoded in text mode); TIMEOUT if nothing did, EOF at the end."""
+        if self.buffer:
+            out, self.buffer = self.buffer, self.buffer[:0]
+            return out
+        return self._text(await self._read(timeout))
+
+    async def _read(self, timeout: float | None) -> bytes:
+        if self.eof:
+            raise EOF("End of stream: the console was closed")
+        try:
+            data = await self.stream.read_some(self.timeout if timeout == -1 else timeout)
+        except TimeoutError:
+            raise TIMEOUT("Timeout exceeded.") from None
+        if not data:
+            self.eof = True
+            raise EOF("End of stream: the console was closed")
+        return data
+
+    async def expect(self, pattern: Any, timeout: float | None = -1) -> int:
+        """Wait for the first of ``pattern`` (a regex, or a list of them) to appear; the
+        index of the one that matched earliest."""
+        patterns = pattern if isinstance(pattern, list) else [pattern]
+        return await self._expect([re.compile(self._coerce(p)) for p in patterns], timeout)
+
+    async def expect_exact(self, pattern: Any, timeout: float | None = -1) -> int:
+        patterns = pattern if isinstance(pattern, list) else [pattern]
+        return await self._expect([re.compile(re.escape(self._coerce(p))) for p in patterns], timeout)
+
+    def _coerce(self, p: Any) -> Any:
+        if isinstance(p, re.Pattern):
+            return p.pattern
+        if self.encoding and isinstance(p, bytes):
+            return p.decode(self.encoding)
+        if not self.encoding and isinstance(p, str):
+            return p.encode()
+        return p
+
+    async def _expect(self, patterns: list[re.Pattern[Any]], timeout: float | None) -> int:
+        timeout = self.timeout if timeout == -1 else timeout
+        deadline = None if timeout is None else trio.current_time() + timeout
+        while True:
+            found = [(m.start(), i, m) for i, p in enumerate(patterns) if (m := p.search(self.buffer))]
+            if found:
+                _, index, m = min(found, key=lambda f: (f[0], f[1]))
+                self.before, self.after, self.match = self.buffer[: m.start()], m.group(), m
+                self.buffer = self.buffer[m.end() :]
+                return index
+            left = None if deadline is None else max(0.0, deadline - trio.current_time())
+            self.buffer += self._text(await self._read(left))
+
+    async def send(self, s: str | bytes) -> int:
+        data = s.encode(self.encoding or "utf-8") if isinstance(s, str) else bytes(s)
+        await self.stream.write(data)
+        return len(data)
+
+    async def sendline(self, s: str | bytes = "") -> int:
+        sep = self.linesep
+        if isinstance(s, str):
+            return await self.send(s + (sep if isinstance(sep, str) else sep.decode()))
+        return await self.send(bytes(s) + (sep if isinstance(sep, bytes) else sep.encode()))
+
+    async def sendcontrol(self, char: str) -> int:
+        """Ctrl-``char`` (``sendcontrol("c")`` interrupts the shell on the console)."""
+        return await self.send(bytes((ord(char.lower()) & 0x1F,)))
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class AsyncEventStream:
+    """A live subscription (``async with lab.event_stream(topic) as events``); iterate it
+    or ``await events.next_event(timeout)``. With ``since``, the journal comes first."""
+
+    def __init__(self, lab: AsyncLab, topic: str = "*", since: float | None = None) -> None:
+        self.lab = lab
+        self.pattern = topic
+        self.since = since
+        self.filter = core.EventFilter(topic)
+        self._backlog: list[dict[str, Any]] = []
+        self._sock: TrioSocket | None = None
+
+    async def __aenter__(self) -> AsyncEventStream:
+        hello = await self.lab.hello()
+        raw = zmq.Context.instance().socket(zmq.SUB)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.setsockopt(zmq.SUBSCRIBE, self.filter.prefix)
+        raw.connect(events_address(self.lab.address, hello["events"]))
+        self._sock = TrioSocket(raw)
+        try:
+            await self._sync()
+            if self.since is not None:
+                self._backlog = await self.history(self.since)
+        except BaseException:
+            self._sock.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._sock is not None:
+            self._sock.close()
+
+    async def _sync(self, timeout: float = 5.0) -> None:
+        """Live once this returns (ZeroMQ's slow joiner), as ``EventStream._sync``."""
+        assert self._sock is not None
+        topic = self.filter.sync_topic
+        self._sock.sock.setsockopt(zmq.SUBSCRIBE, topic)
+        try:
+            with trio.move_on_after(timeout):
+                while True:
+                    await self.lab.call("sync", token=self.filter.token)
+                    with trio.move_on_after(0.02 * 5):
+                        while (await self._sock.recv())[0] != topic:
+                            pass
+                        return
+            raise Timeout(f"event subscription did not become live within {timeout}s")
+        finally:
+            self._sock.sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+
+    async def history(self, since: float) -> list[dict[str, Any]]:
+        return self.filter.history(await self.lab.history(since, self.pattern))
+
+    async def next_event(self, timeout: float | None = None) -> dict[str, Any]:
+        if self._backlog:
+            return self._backlog.pop(0)
+        assert self._sock is not None
+        with trio.move_on_after(float("inf") if timeout is None else timeout):
+            while True:
+                ev = self.filter.accept(await self._sock.recv())
+                if ev is not None:
+                    return ev
+        raise Timeout(f"no event matching {self.pattern!r} within {timeout}s")
+
+    def __aiter__(self) -> AsyncEventStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self.next_event()

@@ -1,0 +1,13 @@
+"""The ``can`` device kind: ``send``, ``send_periodic``, ``stop_periodic``, ``state``, stream
+``frames`` (filtered service-side), ISO-TP (``isotp_send``, ``isotp_recv``, stream ``isotp``).
+
+Names only, no imports: the catalog reads these without loading python-can or can-isotp;
+a driver is imported when a service uses it.
+"""
+
+KIND = "can"
+INTERFACE = "labctl.services.can.interface:CanDriver"
+DRIVERS = {
+    "mock": "labctl.services.can.mock:MockCan",
+    "python-can": "labctl.services.can.python_can:PythonCan",
+}

@@ -1,0 +1,298 @@
+"""The serial interface: stream ``console``; ``send``, ``log``, ``break``, ``settings``, ``status``.
+
+Everything users call is written once here: the scrollback ring every console stream
+reads at its own pace (a slow client slows only itself; one that falls a whole ring behind
+is told how many bytes it lost), ``log`` paging, settings validated against the driver's
+config, lease reset, status and the events. A driver fills in a few primitives:
+
+- ``write_port(data)``, ``break_port(duration)`` and ``apply_port_settings(settings)``,
+  called one at a time (the interface holds a lock around them); they raise
+  ``DeviceOffline`` while the line is gone, ``NotSupported`` for a setting it refuses;
+- it calls ``received(data)`` with every byte the line produces and ``connected(ok, why)``
+  when the line comes or goes; ``port_url`` says what it is connected to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import trio
+from pydantic import Field, ValidationError, field_validator
+
+from labctl.errors import BadArguments, BadRequest, DeviceOffline
+
+from ..driver import Driver, DriverConfig
+from ..export import export
+from ..stream import StreamEnd
+from .ring import DEFAULT_SIZE, ScrollbackRing
+
+#: largest piece a console stream sends in one frame (the client's credit must allow it)
+CHUNK = 64 * 1024
+#: most bytes one ``log()`` reply carries; page on with ``since`` for more
+LOG_MAX = 1 << 20
+#: the line settings ``settings()`` changes and every serial driver's config carries
+SETTINGS = ("baudrate", "bytesize", "parity", "stopbits", "xonxoff", "rtscts")
+
+
+class SerialConfig(DriverConfig):
+    """The line settings and scrollback size every serial driver's config has."""
+
+    baudrate: int = Field(115200, gt=0)
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O", "M", "S"] = "N"
+    stopbits: float = 1  # 1, 1.5 or 2
+    xonxoff: bool = False
+    rtscts: bool = False
+    scrollback: int = Field(DEFAULT_SIZE, ge=4096)  # bytes of console history kept
+
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, stopbits: float) -> float:
+        if stopbits not in (1, 1.5, 2):
+            raise ValueError("stopbits must be 1, 1.5 or 2")
+        return int(stopbits) if stopbits in (1, 2) else stopbits
+
+
+class SerialDriver(Driver):
+    """A serial console: stream ``console``, ``send``, ``log``, ``break``, ``settings``."""
+
+    kind = "serial"
+    Config: ClassVar[type[DriverConfig]] = SerialConfig
+    config: SerialConfig
+    streams = {"console": {"writable": True}}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ring = ScrollbackRing(self.config.scrollback)
+        self._grew = trio.Event()  # set (and replaced) whenever the ring grows
+        self._port_lock = trio.Lock()
+        self._settings = self._configured_settings()
+        self._connected: bool | None = None  # None until the driver says
+        self._error = ""
+        self._dropped = 0  # stream bytes thrown away while the port was gone
+        self._streams = 0
+        self._writers: set[trio.CancelScope] = set()
+
+    # -- primitives a driver implements -------------------------------------------------
+    @property
+    def port_url(self) -> str:
+        """What the console is connected to (shown in status)."""
+        return ""
+
+    async def write_port(self, data: bytes) -> None:
+        """All of ``data`` to the line; ``DeviceOffline`` while it is gone."""
+        raise NotImplementedError
+
+    async def break_port(self, duration: float) -> None:
+        """Hold the line low for ``duration`` seconds."""
+        raise NotImplementedError
+
+    async def apply_port_settings(self, settings: dict[str, Any]) -> None:
+        """Apply line settings to the open port (if any); reopening uses ``self.line_settings``."""
+
+    # -- what a driver calls ------------------------------------------------------------
+    @property
+    def line_settings(self) -> dict[str, Any]:
+        """The settings in force: configured, changed by ``settings()`` until reset."""
+        return dict(self._settings)
+
+    def received(self, data: bytes) -> None:
+        """Bytes the line produced: into the scrollback, and to every console stream."""
+        self.ring.append(data)
+        self._grew.set()
+        self._grew = trio.Event()
+
+    def connected(self, connected: bool, error: str = "") -> None:
+        """Record the line's state; publish status and liveness when it changed."""
+        self._error = error
+        if connected == self._connected:
+            return
+        self._connected = connected
+        status: dict[str, Any] = {"port": "connected" if connected else "disconnected"}
+        status["url"] = self.port_url
+        if error:
+            status["error"] = error
+        self.ctx.publish_status(status)
+        self.ctx.set_online(connected, "" if connected else f"serial port: {error}")
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def reset(self) -> None:
+        """End the lease's writable console streams and restore the configured settings.
+
+        Nothing is sent to the DUT (a stray key or break can stop a bootloader), the port
+        stays open and the scrollback is kept: read-only watchers notice nothing.
+        """
+        for scope in list(self._writers):
+            scope.cancel()
+        configured = self._configured_settings()
+        if configured != self._settings:
+            await self._apply_settings(configured)
+
+    # -- the interface ------------------------------------------------------------------
+    @export(mutating=True)
+    async def send(self, data: str | bytes) -> int:
+        """Write ``data`` to the port (a str is UTF-8 encoded); returns the byte count."""
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, bytes | bytearray):
+            raise BadArguments(f"send: data must be str or bytes, not {type(data).__name__}")
+        async with self._port_lock:
+            await self.write_port(bytes(data))
+        return len(data)
+
+    @export
+    async def log(self, since: int | None = None, tail: int | None = None) -> dict[str, Any]:
+        """Scrollback from absolute offset ``since`` and/or the last ``tail`` bytes.
+
+        Returns ``{"offset", "data", "end"}``: ``data`` starts at ``offset`` (later than
+        ``since`` when bytes were overwritten) and ``end`` is the next offset the port
+        will write. At most 1 MiB per call: if ``offset + len(data) < end``, call again
+        with ``since=offset + len(data)``. No arguments: everything kept.
+        """
+        first = self._first_offset(since, tail, default=self.ring.start)
+        offset, data = self.ring.read(first, LOG_MAX)
+        return {"offset": offset, "data": data, "end": self.ring.end}
+
+    async def send_break(self, duration: float = 0.25) -> str:
+        """Send a serial break (hold the line low ``duration`` s; SysRq on Linux)."""
+        async with self._port_lock:
+            await self.break_port(float(duration))
+        return "break"
+
+    @export(mutating=True)
+    async def settings(
+        self,
+        baudrate: int | None = None,
+        bytesize: int | None = None,
+        parity: str | None = None,
+        stopbits: float | None = None,
+        xonxoff: bool | None = None,
+        rtscts: bool | None = None,
+    ) -> dict[str, Any]:
+        """Change the given port settings (kept across reconnects until the lease ends)."""
+        given = dict(
+            baudrate=baudrate,
+            bytesize=bytesize,
+            parity=parity,
+            stopbits=stopbits,
+            xonxoff=xonxoff,
+            rtscts=rtscts,
+        )
+        changes = {key: value for key, value in given.items() if value is not None}
+        try:
+            checked = self.Config.model_validate(
+                {**self.config.model_dump(), **self._settings, **changes}
+            )
+        except ValidationError as exc:
+            raise BadArguments(f"settings: {exc}") from exc
+        new = {key: getattr(checked, key) for key in SETTINGS}
+        if new != self._settings:
+            await self._apply_settings(new)
+        return dict(self._settings)
+
+    @export
+    async def status(self) -> dict[str, Any]:
+        """Port state, current settings, scrollback offsets and stream counts."""
+        return {
+            "port": "connected" if self._connected else "disconnected",
+            "url": self.port_url,
+            "error": self._error,
+            "settings": dict(self._settings),
+            "start": self.ring.start,
+            "end": self.ring.end,
+            "streams": self._streams,
+            "writers": len(self._writers),
+            "dropped": self._dropped,
+        }
+
+    # -- the console stream -------------------------------------------------------------
+    async def open_stream(self, name: str, end: StreamEnd) -> None:
+        """Serve one console stream until the client closes it (the runtime cancels us).
+
+        ``end.args``: ``since`` (absolute offset) and/or ``tail`` (bytes of scrollback to
+        replay first); neither means live data only. Every frame's meta has ``offset``
+        (of its first byte), plus ``gap`` (bytes lost) when the reader fell behind the
+        ring. A writable end's input goes to the port; while the port is gone it is
+        dropped (counted in ``status()['dropped']``).
+        """
+        if name != "console":
+            raise BadRequest(f"{self.name}: no stream {name!r}; serial devices offer 'console'")
+        args = end.args or {}
+        position = self._first_offset(args.get("since"), args.get("tail"), self.ring.end)
+        scope = trio.CancelScope()  # reset() cancels it to end a lease's writable stream
+        self._streams += 1
+        try:
+            with scope:
+                if end.writable:
+                    self._writers.add(scope)
+                async with trio.open_nursery() as nursery:
+                    if end.writable:
+                        nursery.start_soon(self._forward_input, end)
+                    await self._forward_output(end, position)
+        finally:
+            self._streams -= 1
+            self._writers.discard(scope)
+        if scope.cancelled_caught:
+            await end.close("the lease on this device ended")
+
+    async def _forward_output(self, end: StreamEnd, position: int) -> None:
+        while True:
+            offset, data = self.ring.read(position, CHUNK)
+            if not data:
+                await self._grew.wait()
+                continue
+            meta: dict[str, Any] = {"offset": offset}
+            if offset > position:
+                meta["gap"] = offset - position
+            await end.send(data, meta)
+            position = offset + len(data)
+
+    async def _forward_input(self, end: StreamEnd) -> None:
+        while True:
+            try:
+                data = await end.receive()
+            except trio.EndOfChannel:
+                return  # the client stopped writing; keep showing it the console
+            try:
+                async with self._port_lock:
+                    await self.write_port(data)
+            except DeviceOffline:
+                self._dropped += len(data)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _configured_settings(self) -> dict[str, Any]:
+        return {key: getattr(self.config, key) for key in SETTINGS}
+
+    async def _apply_settings(self, new: dict[str, Any]) -> None:
+        """Apply ``new`` to the port and remember it for reconnects.
+
+        Settings the port refuses are not remembered, or every reopen would fail too.
+        """
+        async with self._port_lock:
+            await self.apply_port_settings(new)
+            self._settings = new
+
+    def _first_offset(self, since: Any, tail: Any, default: int) -> int:
+        """Where a read starts: ``since`` clamped to the ring, at most ``tail`` back."""
+        for arg, value in (("since", since), ("tail", tail)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise BadArguments(f"{arg} must be an integer offset, not {value!r}")
+            if value is not None and value < 0:
+                raise BadArguments(f"{arg} must not be negative, got {value}")
+        if since is None and tail is None:
+            return default
+        first = min(since, self.ring.end) if since is not None else 0
+        if tail is not None:
+            first = max(first, self.ring.end - tail)
+        return first
+
+
+async def _break(self: SerialDriver, duration: float = 0.25) -> str:
+    """Send a serial break (hold the line low ``duration`` s; SysRq on Linux)."""
+    return await self.send_break(duration)
+
+
+# ``break`` is a Python keyword, so the bus name is attached to the class by hand; the
+# export machinery finds methods by their class attribute name, so this is all it takes.
+_break.__name__ = _break.__qualname__ = "break"
+setattr(SerialDriver, "break", export(mutating=True)(_break))

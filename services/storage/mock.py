@@ -1,0 +1,95 @@
+"""A storage driver whose card is a file: for tests of other parts, demos and the
+simulated boards.
+
+The target is ``path`` (created sparse at ``size`` when missing or shorter); the mux side
+lives in the service. With ``state_file`` the side is also written to that file
+(``host``/``dut``/``off``), which is how the simulated DUT knows whether its card is there.
+``seed_version`` puts a simulated image on a new card, so a simulated board boots at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import field_validator
+
+from labctl.errors import DriverError
+
+from .interface import StorageConfig, StorageDriver, parse_size
+
+
+class MockStorageConfig(StorageConfig):
+    path: Path
+    size: int | str = "64MiB"
+    initial: str = "off"
+    state_file: Path | None = None
+    #: when the card file is new, put a simulated image of this version on it (the
+    #: example lab's boards boot out of the box)
+    seed_version: str | None = None
+    #: at most this many bytes/s, like a real card (tests of slow writes); 0: unlimited
+    write_rate: int | str = 0
+
+    @field_validator("write_rate")
+    @classmethod
+    def _rate(cls, v: int | str) -> int:
+        return parse_size(v)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: int | str) -> int:
+        n = parse_size(v)
+        if n <= 0:
+            raise ValueError("size must be positive")
+        return n
+
+    @field_validator("initial")
+    @classmethod
+    def _initial(cls, v: str) -> str:
+        if v not in ("host", "dut", "off"):
+            raise ValueError("initial must be host, dut or off")
+        return v
+
+
+class MockStorage(StorageDriver):
+    Config = MockStorageConfig
+    config: MockStorageConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._at = self.config.initial
+
+    async def start(self, nursery: Any) -> None:
+        path = self.config.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.config.seed_version and not path.exists():
+            from .simimage import write_sim_image
+
+            write_sim_image(str(path), self.config.seed_version, int(self.config.size))
+        with open(path, "ab") as f:  # creates it; never truncates what a test put there
+            if f.tell() < int(self.config.size):
+                f.truncate(int(self.config.size))  # sparse: costs no disk
+        self._write_state()
+        self._observed(self._at)
+
+    async def select(self, side: str) -> None:
+        self._at = side
+        self._write_state()
+
+    async def current_side(self) -> str:
+        return self._at
+
+    async def target_path(self) -> str:
+        if self._at != "host":
+            raise DriverError(f"{self.name}: no medium at the host (the card is at {self._at})")
+        return str(self.config.path)
+
+    def _known_path(self) -> str | None:
+        return str(self.config.path)
+
+    def _write_state(self) -> None:
+        if self.config.state_file is not None:
+            tmp = self.config.state_file.with_suffix(".tmp")
+            tmp.write_text(self._at + "\n")
+            os.replace(tmp, self.config.state_file)

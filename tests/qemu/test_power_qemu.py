@@ -1,0 +1,89 @@
+"""The ``qemu`` power driver on its own: the test plays the card (disk file + mux file).
+
+A board boots what is on its disk through its real firmware, its console reaches the bus
+through the serial service, and power off / guest poweroff / card yank behave as on a
+physical board.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from ..harness import LabHarness, wait_until
+from .conftest import BOOT_TIMEOUT
+
+
+def login(con, timeout: float = BOOT_TIMEOUT) -> None:
+    con.expect("login: ", timeout=timeout)
+    con.sendline("root")
+    con.expect("Password: ", timeout=20)
+    con.sendline("labctl")
+    con.expect("# ", timeout=20)
+
+
+def put_card(harness: LabHarness, dut: str, image, side: str = "dut") -> None:
+    disk = harness.root / f"{dut}.disk"
+    shutil.copyfile(image, disk)
+    (harness.root / f"{dut}.mux").write_text(side + "\n")
+
+
+def test_x86_board_boots_its_disk_to_login_and_powers_off_from_the_guest(
+    harness: LabHarness, board, images
+) -> None:
+    dut = board("x86_64", storage=False)
+    put_card(harness, dut, images("x86_64", "2026.12-a"))
+    lab = harness.lab(timeout=10)
+    with lab.lease(f"dut={dut}") as lease:
+        assert lease.power.state() == "off"
+        with lease.serial.console() as con:
+            started = time.monotonic()
+            assert lease.power.on() == "on"
+            con.expect("LABCTL_IMAGE_VERSION=2026.12-a", timeout=BOOT_TIMEOUT)
+            login(con)
+            print(f"login after {time.monotonic() - started:.2f}s")
+            con.sendline("cat /etc/os-release")
+            con.expect("VERSION_ID=2026.12-a", timeout=20)
+            assert lease.power.state() == "on"
+            con.sendline("poweroff")
+            con.expect("Power down", timeout=30)
+        wait_until(lambda: lease.power.state() == "off", 15, "QEMU to exit after poweroff")
+
+
+def test_board_without_its_card_finds_no_bootable_device(
+    harness: LabHarness, board, images
+) -> None:
+    dut = board("x86_64", storage=False)
+    put_card(harness, dut, images("x86_64", "2026.12-a"), side="host")
+    lab = harness.lab(timeout=10)
+    with lab.lease(f"dut={dut}") as lease, lease.serial.console() as con:
+        lease.power.on()
+        con.expect("No bootable device", timeout=BOOT_TIMEOUT)
+        lease.power.off()
+        assert lease.power.state() == "off"
+    assert lab.devices(f"name={dut}-power")[0]["status"]["state"] == "off"
+
+
+def test_power_cycle_keeps_one_console_and_its_scrollback(
+    harness: LabHarness, board, images
+) -> None:
+    dut = board("x86_64", storage=False)
+    put_card(harness, dut, images("x86_64", "2026.12-a"), side="host")
+    lab = harness.lab(timeout=10)
+    with lab.lease(f"dut={dut}") as lease:
+        with lease.serial.console() as con:
+            lease.power.on()
+            con.expect("No bootable device", timeout=BOOT_TIMEOUT)
+            lease.power.off()
+        first_end = lease.serial.log()["end"]
+        (harness.root / f"{dut}.mux").write_text("dut\n")
+        with lease.serial.console() as con:
+            lease.power.on()
+            con.expect("LABCTL_IMAGE_VERSION=2026.12-a", timeout=BOOT_TIMEOUT)
+            lease.power.off()
+        log = lease.serial.log(since=0)
+        text = log["data"].decode(errors="replace")
+        assert "No bootable device" in text and "LABCTL_IMAGE_VERSION=2026.12-a" in text
+        assert log["end"] > first_end
+        devs = {d["name"]: d for d in lab.devices(f"dut={dut}")}
+        assert devs[f"{dut}-console"]["online"]  # the UART stayed connected while off
