@@ -34,6 +34,7 @@ from labctl.triozmq import TrioSocket
 from .calls import BrokerCalls
 from .events import EventHub
 from .leases import LeaseTable
+from .metrics import BrokerMetrics
 from .registry import Device, Registry
 from .store import Store
 from .streams import StreamRouter
@@ -52,6 +53,7 @@ class BrokerSettings:
     lease_grace: float = 60.0
     max_payload: int = protocol.MAX_PAYLOAD
     events_public: str | None = None  # the events address peers should use, if not `events`
+    dashboard: str | None = None  # HOST:PORT to serve the dashboard on (docs/dashboard.md)
 
 
 @dataclass(slots=True)
@@ -77,6 +79,7 @@ class Broker:
         self.leases = LeaseTable(self)
         self.streams = StreamRouter(self)
         self.calls = BrokerCalls(self)
+        self.metrics = BrokerMetrics()
         self.started = time.time()
         self._pruned = 0.0
 
@@ -109,6 +112,10 @@ class Broker:
                 nursery.start_soon(self._bus_loop)
                 nursery.start_soon(self._housekeeping)
                 nursery.start_soon(self.leases.run)
+                if self.settings.dashboard:  # read-only, through the SDK on our own bus
+                    from .dashboard import serve_dashboard
+
+                    await nursery.start(serve_dashboard, self.settings.dashboard, self)
                 task_status.started(self)
         finally:
             self.store.close()
@@ -146,6 +153,8 @@ class Broker:
                 raise ProtocolError(f"the broker does not accept {msg.name} messages")
             handler(self, ident, msg)
         except LabError as err:
+            if msg.mtype == protocol.REQUEST:
+                self.metrics.rpc_refused(protocol.Request.parse(msg).method, err.code)
             self.send(ident, protocol.Error.of(err, msg.id).to_frames())
         except Exception as exc:  # a bug must not take the broker down
             log.exception("handler failed", type=msg.name)
@@ -211,6 +220,7 @@ class Broker:
         for rid, p in list(self.pending.items()):
             if p.service == ident:
                 del self.pending[rid]
+                self.metrics.rpc_done(rid, "service-gone")
                 self.send(
                     p.client,
                     protocol.Error.of(
@@ -233,6 +243,7 @@ class Broker:
             for rid, p in list(self.pending.items()):
                 if p.deadline < now - 1.0:  # the caller gave up: forget the route
                     del self.pending[rid]
+                    self.metrics.rpc_done(rid, "timeout")
             wall = time.time()
             self.leases.tick()
             self.leases.remind_waiters()
@@ -274,6 +285,7 @@ class Broker:
         client_id, req.id, req.timeout = req.id, rid, timeout
         if self.send(dev.ident, req.to_frames()):
             self.pending[rid] = Pending(ident, client_id, dev.ident, deadline)
+            self.metrics.rpc_sent(rid, method)
         else:
             raise ServiceGone(f"service {dev.service!r} of {dev.name!r} is not reachable")
 
@@ -283,6 +295,8 @@ class Broker:
         if p is None or p.service != ident:
             return  # late reply after a timeout, or a confused peer: nothing to route
         del self.pending[rid]
+        outcome = "ok" if msg.mtype == protocol.REPLY else protocol.Error.parse(msg).code
+        self.metrics.rpc_done(rid, outcome)
         self.send(p.client, protocol.forward(msg, id=p.client_id))
 
     def _on_call(self, ident: bytes, msg: Message) -> None:
@@ -312,6 +326,7 @@ class Broker:
             dev.reachable = bool(body.get("online"))
             dev.reachable_reason = str(body.get("reason", ""))
             self.leases.poke()
+        self.metrics.published(topic, None)
         self.events_hub.publish_raw(topic, event.body)
 
     # -- streams (see streams.py) -------------------------------------------------------
@@ -324,6 +339,7 @@ class Broker:
         return self.events
 
     def publish(self, topic: str, body: Any) -> None:
+        self.metrics.published(topic, body)
         self.events_hub.publish(topic, body)
 
     _handlers = {

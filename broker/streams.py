@@ -88,6 +88,7 @@ class StreamRouter:
         other = route.service if from_client else route.client
         if msg.mtype == protocol.STREAM_DATA:
             size = protocol.StreamData.parse(msg).size()
+            self.broker.metrics.stream_bytes += size
             if from_client:
                 if not route.writable:
                     self.close(route, "stream is read-only for this client (no lease)", both=True)

@@ -41,7 +41,9 @@ def parse_frame(text: str) -> dict[str, Any]:
         raise syntax_error("frame", text, len(text), "expected '#' after the CAN id")
     ident = text[:hash_at]
     if len(ident) not in (3, 8):
-        raise syntax_error("frame", text, 0, "the CAN id has 3 (standard) or 8 (extended) hex digits")
+        raise syntax_error(
+            "frame", text, 0, "the CAN id has 3 (standard) or 8 (extended) hex digits"
+        )
     for i, ch in enumerate(ident):
         if ch not in HEX:
             raise syntax_error("frame", text, i, f"{ch!r} is not a hex digit")
@@ -72,8 +74,10 @@ def parse_frame(text: str) -> dict[str, Any]:
         pair = text[i : i + 2]
         if text[i] not in HEX:
             raise syntax_error("frame", text, i, f"{text[i]!r} is not a hex digit")
-        if len(pair) < 2 or pair[1] not in HEX:
-            raise syntax_error("frame", text, i + 1, "data bytes are two hex digits each")
+        if len(pair) < 2 or pair[1] == ".":
+            raise syntax_error("frame", text, i, "data bytes are two hex digits each")
+        if pair[1] not in HEX:
+            raise syntax_error("frame", text, i + 1, f"{pair[1]!r} is not a hex digit")
         if len(data) == limit:
             raise syntax_error("frame", text, i, f"more than {limit} data bytes")
         data.append(int(pair, 16))
@@ -82,7 +86,9 @@ def parse_frame(text: str) -> dict[str, Any]:
         from labctl.can import FD_LENGTHS
 
         if len(data) not in FD_LENGTHS:
-            raise syntax_error("frame", text, len(text), f"an FD frame carries one of {FD_LENGTHS} bytes")
+            raise syntax_error(
+                "frame", text, len(text), f"an FD frame carries one of {FD_LENGTHS} bytes"
+            )
     kwargs["data"] = bytes(data)
     return kwargs
 
@@ -200,7 +206,13 @@ def send(device_name: str, frame: str, lease_id: str | None, broker: str | None)
 @click.option("-n", "count", type=int, default=None, help="Exit after COUNT frames.")
 @click.option("-T", "timeout_ms", type=int, default=None, help="Exit after MS ms without a frame.")
 @broker_option
-def dump(device_name: str, filters: tuple[str, ...], count: int | None, timeout_ms: int | None, broker: str | None) -> None:
+def dump(
+    device_name: str,
+    filters: tuple[str, ...],
+    count: int | None,
+    timeout_ms: int | None,
+    broker: str | None,
+) -> None:
     """Print frames as candump -L does: (1700000000.123456) DEV 123#DEADBEEF.
 
     FILTERS (also DEV,FILTER,...): id:mask passes when frame_id & mask == id & mask; id~mask
@@ -213,7 +225,10 @@ def dump(device_name: str, filters: tuple[str, ...], count: int | None, timeout_
     frame_filters = [f for f in parsed if f]
     out = sys.stdout
     seen = 0
-    with can_device(broker, name, None, write=False) as dev, dev.frames(frame_filters, errmask) as frames:
+    with (
+        can_device(broker, name, None, write=False) as dev,
+        dev.frames(frame_filters, errmask) as frames,
+    ):
         timeout = None if timeout_ms is None else timeout_ms / 1000
         while count is None or seen < count:
             batch = frames.recv_batch(timeout)
@@ -236,7 +251,14 @@ def dump(device_name: str, filters: tuple[str, ...], count: int | None, timeout_
 @click.option("-i", "interface", default=None, help="Only replay lines of this interface.")
 @lease_option
 @broker_option
-def play(device_name: str, logfile: Any, ignore_time: bool, interface: str | None, lease_id: str | None, broker: str | None) -> None:
+def play(
+    device_name: str,
+    logfile: Any,
+    ignore_time: bool,
+    interface: str | None,
+    lease_id: str | None,
+    broker: str | None,
+) -> None:
     """Replay a candump -L log (canplayer) on DEVICE, keeping its timing unless -t."""
     from labctl.can import message
 
@@ -269,7 +291,7 @@ def isotp_options(fn: Any) -> Any:
         click.option("-b", "blocksize", type=int, default=8, show_default=True, help="Block size in flow control."),
         click.option("-m", "stmin", default="0", show_default=True, help="STmin in flow control, hex."),
         click.option("-L", "fd", is_flag=True, help="CAN FD link layer (64-byte frames)."),
-        click.option("-T", "timeout", type=float, default=5.0, show_default=True, help="Seconds to wait."),
+        click.option("-w", "--wait", "timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for the peer."),
     ]):  # fmt: skip
         fn = option(fn)
     return fn
@@ -280,7 +302,7 @@ def _isotp_kwargs(txid: str, rxid: str, ext: str | None, mixed: str | None, padd
     kwargs: dict[str, Any] = {"txid": _hex(txid, 0, len(txid), "CAN id"),
                               "rxid": _hex(rxid, 0, len(rxid), "CAN id"),
                               "blocksize": blocksize, "stmin": _hex(stmin, 0, len(stmin), "stmin"),
-                              "fd": fd, "timeout": timeout}  # fmt: skip
+                              "fd": fd, "wait": timeout}  # fmt: skip
     if ext is not None:
         tx, _, rx = ext.partition(":")
         kwargs.update(addressing="extended", target_address=_hex(tx, 0, len(tx), "address"),
@@ -309,12 +331,14 @@ def _data(text: str) -> bytes:
 @isotp_options
 @lease_option
 @broker_option
-def isotp_send(device_name: str, data: str | None, lease_id: str | None, broker: str | None, **opts: Any) -> None:
+def isotp_send(
+    device_name: str, data: str | None, lease_id: str | None, broker: str | None, **opts: Any
+) -> None:
     """Send one ISO-TP PDU (isotpsend): DATA, or hex bytes on stdin ("22 F1 90")."""
     kwargs = _isotp_kwargs(**opts)
     payload = _data(data if data is not None else sys.stdin.read())
     with can_device(broker, device_name, lease_id, write=True) as dev:
-        dev.isotp_send(payload, timeout=kwargs["timeout"] + 5, **kwargs)
+        dev.isotp_send(payload, **kwargs)
 
 
 @can.command("isotp-recv")
@@ -323,18 +347,23 @@ def isotp_send(device_name: str, data: str | None, lease_id: str | None, broker:
 @isotp_options
 @lease_option
 @broker_option
-def isotp_recv(device_name: str, loop: bool, lease_id: str | None, broker: str | None, **opts: Any) -> None:
+def isotp_recv(
+    device_name: str, loop: bool, lease_id: str | None, broker: str | None, **opts: Any
+) -> None:
     """Receive ISO-TP PDUs (isotprecv) and print each as hex bytes ("62 F1 90 ...")."""
     from labctl.errors import Timeout
 
     kwargs = _isotp_kwargs(**opts)
-    with can_device(broker, device_name, lease_id, write=True) as dev, dev.isotp(write=True, **kwargs) as session:
+    with (
+        can_device(broker, device_name, lease_id, write=True) as dev,
+        dev.isotp(write=True, **kwargs) as session,
+    ):
         while True:
-            pdu = session.recv(kwargs["timeout"])
+            pdu = session.recv(kwargs["wait"])
             if pdu is None:
                 if loop:
                     return
-                raise Timeout(f"no ISO-TP PDU on {device_name} within {kwargs['timeout']:g}s")
+                raise Timeout(f"no ISO-TP PDU on {device_name} within {kwargs['wait']:g}s")
             click.echo(" ".join(f"{b:02X}" for b in pdu))
             if not loop:
                 return

@@ -28,14 +28,17 @@ log = structlog.get_logger("lab")
 
 #: where the simulated example lab is described (package data of labctl.services.simulators)
 EXAMPLE_LAB = ("labctl.services.simulators", "example_lab.yaml")
+#: the example labs by name (`lab up --example NAME`); the first is the default
+EXAMPLES = {"simdut": "example_lab.yaml", "qemu": "example_lab_qemu.yaml"}
 
 
-def example_lab_text() -> str:
-    """The example lab file as shipped: what ``labctl lab example`` prints."""
+def example_lab_text(example: str = "simdut") -> str:
+    """The example lab file as shipped: what ``labctl lab example [NAME]`` prints."""
     from importlib.resources import files
 
-    package, name = EXAMPLE_LAB
-    return files(package).joinpath(name).read_text()
+    if example not in EXAMPLES:
+        raise ConfigError(f"no example lab {example!r} (examples: {', '.join(EXAMPLES)})")
+    return files(EXAMPLE_LAB[0]).joinpath(EXAMPLES[example]).read_text()
 
 
 def expand_run(value: Any, run: Path) -> Any:
@@ -49,10 +52,10 @@ def expand_run(value: Any, run: Path) -> Any:
     return value
 
 
-def load_lab(path: str | None, run: Path) -> dict[str, Any]:
+def load_lab(path: str | None, run: Path, example: str = "simdut") -> dict[str, Any]:
     """The lab file at ``path`` (the example lab when None), checked before anything starts."""
-    source = path or "<example lab>"
-    data = yaml.safe_load(example_lab_text()) if path is None else load_yaml(Path(path))
+    source = path or f"<example lab {example}>"
+    data = yaml.safe_load(example_lab_text(example)) if path is None else load_yaml(Path(path))
     data = expand_run(data, run)
     if not isinstance(data, dict) or not isinstance(data.get("services", []), list):
         raise ConfigError(f"{source}: a lab file is a mapping with 'broker' and 'services'")
@@ -164,3 +167,7 @@ async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
             log.info(
                 "lab up", broker=bus, services=len(lab.get("services", [])), state=str(state_dir)
             )
+            if broker.get("dashboard"):
+                from labctl.broker.dashboard import bind_address
+
+                print(f"dashboard: http://{bind_address(str(broker['dashboard']))}/", flush=True)

@@ -80,6 +80,12 @@ def broker() -> None:
 @click.option(
     "--group-label", default="dut", show_default=True, help="Label that groups devices of one DUT."
 )
+@click.option(
+    "--dashboard",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve the read-only dashboard there (e.g. 127.0.0.1:8780; docs/dashboard.md).",
+)
 def broker_run(
     bus: str,
     events: str,
@@ -88,6 +94,7 @@ def broker_run(
     heartbeat: float,
     lease_grace: str,
     group_label: str,
+    dashboard: str | None,
 ) -> None:
     """Run the broker in the foreground."""
     from pathlib import Path
@@ -105,6 +112,7 @@ def broker_run(
         heartbeat=heartbeat,
         lease_grace=parse_duration(lease_grace),
         group_label=group_label,
+        dashboard=dashboard,
     )
     run_until_signal(run_broker, settings)
 
@@ -149,7 +157,27 @@ def lab() -> None:
 @click.option("--state", default=None, help="Broker state directory.")
 @click.option("--bus", default=None, help="Override the lab's bus address.")
 @click.option("--events", default=None, help="Override the lab's events address.")
-def lab_up(lab_file: str | None, state: str | None, bus: str | None, events: str | None) -> None:
+@click.option(
+    "--dashboard",
+    default=None,
+    metavar="HOST:PORT",
+    help="Where the broker serves the dashboard [default: the lab's broker.dashboard, "
+    "else 127.0.0.1:8780]; 'off' serves none.",
+)
+@click.option(
+    "--example",
+    default="simdut",
+    show_default=True,
+    help="Without LAB_FILE: which example lab (simdut, or qemu: two QEMU boards).",
+)
+def lab_up(
+    lab_file: str | None,
+    state: str | None,
+    bus: str | None,
+    events: str | None,
+    dashboard: str | None,
+    example: str,
+) -> None:
     """Start the broker and every service of LAB.yaml (or the simulated example lab)."""
     from labctl import logs
     from labctl.cli.lab_up import load_lab, run_lab, state_dir_for
@@ -157,22 +185,29 @@ def lab_up(lab_file: str | None, state: str | None, bus: str | None, events: str
     logs.setup("lab")
     state_dir = state_dir_for(lab_file, state)
     # a bad file fails here, before anything starts
-    lab_spec = load_lab(lab_file, state_dir / "run")
+    lab_spec = load_lab(lab_file, state_dir / "run", example)
     broker_settings = lab_spec.setdefault("broker", {})
-    for key, value in (("bus", bus), ("events", events)):
+    for key, value in (("bus", bus), ("events", events), ("dashboard", dashboard)):
         if value:
             broker_settings[key] = value
+    broker_settings.setdefault("dashboard", "127.0.0.1:8780")
+    if str(broker_settings["dashboard"]).lower() in ("off", "none", "false", ""):
+        del broker_settings["dashboard"]
     run_until_signal(run_lab, lab_spec, state_dir)
 
 
 @lab.command("example")
-def lab_example() -> None:
-    """Print the simulated example lab file (what `lab up` runs without a file)."""
+@click.argument("name", default="simdut")
+def lab_example(name: str) -> None:
+    """Print an example lab file: simdut (what `lab up` runs without a file) or qemu."""
     from labctl.cli.lab_up import example_lab_text
 
-    click.echo(example_lab_text(), nl=False)
+    click.echo(example_lab_text(name), nl=False)
 
 
-from . import commands as _commands  # noqa: E402,F401  (registers the client commands)
-from . import storage_cmds as _storage_cmds  # noqa: E402,F401
 from . import can_cmds as _can_cmds  # noqa: E402,F401
+from . import commands as _commands  # noqa: E402,F401  (registers the client commands)
+from . import lab_compose as _lab_compose  # noqa: E402,F401
+from . import sim_cmds as _sim_cmds  # noqa: E402,F401
+from . import storage_cmds as _storage_cmds  # noqa: E402,F401
+from . import uboot_cmds as _uboot_cmds  # noqa: E402,F401

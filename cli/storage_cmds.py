@@ -1,4 +1,4 @@
-"""``labctl storage ...`` (SD muxes and image writes) and ``labctl sim image``.
+"""``labctl storage ...``: SD muxes and image writes.
 
 Only public SDK calls: the storage proxy's ``write``/``flash``/``dump`` and the exported
 methods. Writes without ``--lease`` take a temporary lease on the device and release it
@@ -170,7 +170,8 @@ def _done(name: str, r: dict[str, Any]) -> None:
     extra = " verified" if r.get("verified") else ""
     at = f", card at {r['state']}" if r.get("state") else ""
     click.echo(
-        f"{name}: wrote {_mib(r['bytes'])} of {r['source']} ({r.get('compression')}"
+        f"{name}: wrote {_mib(r['bytes'])} of {r['source']} "
+        f"({'raw' if r.get('compression') == 'none' else r.get('compression')}"
         f"{', bmap' if r.get('bmap') else ''}) in {r.get('duration', 0):.1f}s, "
         f"sha256 {r.get('sha256') or '-'}{extra}{at}"
     )
@@ -193,7 +194,10 @@ class ProgressLine:
     def __call__(self, ev: dict[str, Any]) -> None:
         phase = ev.get("phase", "?")
         now = time.monotonic()
-        if not self.tty and phase not in ("done", "failed") and now - self.last < 1.0:
+        if phase in ("done", "failed"):  # the command's own last line says how it ended
+            self.close()
+            return
+        if not self.tty and now - self.last < 1.0:
             return
         self.last = now
         done, total = ev.get("bytes", 0), ev.get("total")
@@ -222,23 +226,7 @@ class ProgressLine:
         if self.tty and self.drawn:
             self.out.write("\n")
             self.out.flush()
+        self.drawn = False
 
 
-# -- simulated images ----------------------------------------------------------------------------
-@main.group()
-def sim() -> None:
-    """Simulated hardware helpers."""
-
-
-@sim.command("image")
-@click.argument("out", type=click.Path(dir_okay=False, writable=True))
-@click.option("--version", "version", required=True, help="The version the board reports.")
-@click.option("--size", default="8MiB", show_default=True, help="Image size (sparse).")
-def sim_image(out: str, version: str, size: str) -> None:
-    """Write an image the simulated boards boot: it carries LABCTL_IMAGE_VERSION=<v>
-    within its first MiBs (compress it with gzip/xz/zstd as you like)."""
-    from labctl.bmap import parse_size
-    from labctl.services.storage.simimage import write_sim_image
-
-    n = write_sim_image(out, version, parse_size(size))
-    click.echo(f"{out}: {_mib(n)} image, LABCTL_IMAGE_VERSION={version}")
+# `labctl sim image` lives in cli/sim_cmds.py (shared with the QEMU boards).

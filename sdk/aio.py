@@ -1,15 +1,19 @@
-"""The trio SDK: the same protocol and calls as ``Lab``, for async code.
+"""The trio SDK: the same protocol and API as ``Lab``, for async code.
 
     async with AsyncLab() as lab:
         async with lab.lease("board=rpi4") as lease:
             await lease.power.on()
+            async with lease.serial.console() as con:
+                await con.expect("login:", timeout=60)
 
 One receiver task (owned by the ``AsyncLab``'s nursery) routes replies to waiting calls
-by request id; lease keepalives run in the same nursery.
+by request id; lease keepalives run in the same nursery, each under its lease's cancel
+scope. Request ids, progress and error mapping are ``core``'s, shared with ``Lab``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,12 +21,15 @@ from typing import Any
 import trio
 import zmq
 
-from . import protocol
-from .client import broker_address, holder_identity
+from . import core, protocol
+from .aio_streams import AsyncByteStream, AsyncConsole, AsyncEventStream
+from .client import RequestForgotten, broker_address, holder_identity
 from .durations import parse_duration
-from .errors import BrokerUnreachable, LabError, LeaseNotFound, MethodNotFound, Timeout, from_wire
+from .errors import LabError, LeaseNotFound, LeaseRequired, MethodNotFound
 from .lease_view import LeaseView
 from .triozmq import TrioSocket
+
+__all__ = ["AsyncDevice", "AsyncLab", "AsyncLease"]
 
 
 class AsyncDevice:
@@ -32,16 +39,18 @@ class AsyncDevice:
         self._lab, self.name, self.info, self.lease_id = lab, name, info, lease
 
     @property
+    def kind(self) -> str:
+        return str(self.info.get("kind", ""))
+
+    @property
     def methods(self) -> dict[str, Any]:
         return dict(self.info.get("interface", {}).get("methods", {}))
 
     async def call(
         self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any
     ) -> Any:
-        header = {"device": self.name, "method": method, "lease": self.lease_id}
-        return await self._lab.request(
-            protocol.REQUEST, header, [protocol.pack_args(args, kwargs)], timeout
-        )
+        msg = protocol.Request.call(self.name, method, args, kwargs, self.lease_id)
+        return await self._lab.request(msg, timeout)
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         if method.startswith("_"):
@@ -51,16 +60,40 @@ class AsyncDevice:
                 f"device {self.name!r} has no method {method!r}; it has: {', '.join(sorted(self.methods))}"
             )
 
-        async def bound(*args: Any, **kwargs: Any) -> Any:
-            return await self.call(method, *args, **kwargs)
+        async def bound(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+            return await self.call(method, *args, timeout=timeout, **kwargs)
 
+        bound.__name__ = method
         return bound
+
+    def stream(
+        self, name: str, write: bool | None = None, resume: float = core.RESUME_FOR, **args: Any
+    ) -> AsyncByteStream:
+        """A byte stream, opened by ``async with``; as ``Device.stream``."""
+        if write is None:
+            write = self.lease_id is not None
+        return AsyncByteStream(self._lab, self.name, name, write, self.lease_id, args, resume)
+
+    def console(
+        self, since: int | None = None, write: bool | None = None, encoding: str | None = "utf-8"
+    ) -> AsyncConsole:
+        """A pexpect-style console (``async with device.console() as con``)."""
+        args = {} if since is None else {"since": since}
+        return AsyncConsole(self.stream("console", write=write, **args), encoding=encoding)
+
+    def __repr__(self) -> str:
+        return f"<AsyncDevice {self.name} kind={self.kind}>"
 
 
 class AsyncLease(LeaseView):
+    """Devices held until ``release()`` (or the end of ``async with``), expiry, or the
+    holder going silent; keepalives run in the lab's nursery until then."""
+
     def __init__(self, lab: AsyncLab, info: dict[str, Any]) -> None:
         super().__init__(info)
         self._lab = lab
+        self.released = False
+        self._keepalive: trio.CancelScope | None = None
 
     def __getitem__(self, name: str) -> AsyncDevice:
         return AsyncDevice(self._lab, name, self.device_info(name), self.id)
@@ -71,20 +104,44 @@ class AsyncLease(LeaseView):
         return self[self.name_of_kind(kind)]
 
     async def extend(self, duration: str | float) -> None:
-        self.info = await self._lab.call(
-            "lease.extend", id=self.id, duration=parse_duration(duration), who=holder_identity()
-        )
+        self.info = await self._lab.extend_lease(self.id, duration)
+
+    async def release(self, reset: bool = True) -> None:
+        """Give the lease back (``reset=False``: skip the devices' on-release reset)."""
+        if self.released:
+            return
+        self.released = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(self._lab.timeout):
+            try:
+                await self._lab.call("lease.release", id=self.id, reset=reset,
+                                     who=holder_identity())  # fmt: skip
+            except LeaseNotFound:
+                pass  # already ended (expired, or forced): nothing left to give back
+
+    async def __aenter__(self) -> AsyncLease:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.release()
+
+    def __repr__(self) -> str:
+        return f"<AsyncLease {self.id} devices={self.devices}>"
 
 
 class AsyncLab:
+    """A connection to one lab's broker; use it as ``async with AsyncLab() as lab``."""
+
     def __init__(
         self, broker: str | None = None, timeout: float = protocol.DEFAULT_TIMEOUT
     ) -> None:
         self.address = broker_address(broker)
         self.timeout = timeout
         self._pending: dict[int, trio.MemorySendChannel[protocol.Message]] = {}
-        self._next_id = 0
+        self._requests = core.Requests()
         self._answered = False
+        self._welcome: dict[str, Any] | None = None
 
     async def __aenter__(self) -> AsyncLab:
         raw = zmq.Context.instance().socket(zmq.DEALER)
@@ -110,61 +167,115 @@ class AsyncLab:
             except LabError:
                 continue
             self._answered = True
-            chan = self._pending.get(msg.header.get("id"))  # type: ignore[arg-type]
+            chan = self._pending.get(msg.id)
             if chan is not None:
                 chan.send_nowait(msg)
 
     async def request(
         self,
-        mtype: bytes,
-        header: dict[str, Any],
-        payload: list[Any],
+        msg: core.Outgoing,
         timeout: float | None = None,
         progress: Any = None,
+        idle: float | None = None,
     ) -> Any:
+        """Send one request and wait for its reply; raise the typed error it carries.
+
+        With ``idle``, a request that hears nothing about itself (reply or progress) for
+        that long raises RequestForgotten: the broker restarted and lost it.
+        """
         timeout = self.timeout if timeout is None else timeout
-        self._next_id += 1
-        rid = self._next_id
-        send, recv = trio.open_memory_channel[protocol.Message](16)
+        rid, frames = self._requests.frames(msg, timeout)
+        send, recv = trio.open_memory_channel[protocol.Message](math.inf)
         self._pending[rid] = send
         try:
-            await self.sock.send(
-                protocol.encode(mtype, {**header, "id": rid, "timeout": timeout}, *payload)
-            )
+            await self.sock.send(frames)
             with trio.move_on_after(timeout):
                 while True:
-                    msg = await recv.receive()
-                    if msg.mtype == protocol.ERROR:
-                        h = msg.header
-                        raise from_wire(str(h.get("code")), str(h.get("message")), h.get("details"))
-                    body = protocol.unpack(msg.payload[0]) if msg.payload else None
-                    if msg.header.get("progress"):
-                        if progress is not None:
-                            progress(body)
-                        continue
-                    return body
+                    got = None
+                    with trio.move_on_after(math.inf if idle is None else idle):
+                        got = await recv.receive()
+                    if got is None:
+                        raise RequestForgotten(f"the broker stopped answering about request {rid}")
+                    done, value = core.settle(got, progress)
+                    if done:
+                        return value
         finally:
             del self._pending[rid]
-        if not self._answered:
-            raise BrokerUnreachable(
-                f"no answer from the broker at {self.address} within {timeout:g}s"
-            )
-        raise Timeout(
-            f"{header.get('device', '')}{header.get('method', '')}: no reply within {timeout:g}s"
-        )
+        raise core.timeout_error(self.address, msg, timeout, self._answered)
 
     async def call(
-        self, method: str, timeout: float | None = None, progress: Any = None, **kwargs: Any
+        self,
+        method: str,
+        timeout: float | None = None,
+        progress: Any = None,
+        idle: float | None = None,
+        **kwargs: Any,
     ) -> Any:
-        return await self.request(
-            protocol.CALL, {"method": method}, [protocol.pack_args([], kwargs)], timeout, progress
-        )
+        """A broker call (devices, lease.acquire, ...)."""
+        return await self.request(protocol.Call.of(method, kwargs), timeout, progress, idle)
+
+    # -- discovery --------------------------------------------------------------------------
+    async def hello(self) -> dict[str, Any]:
+        """The broker's settings: ``events`` address, ``heartbeat``, ``group_label``, ..."""
+        if self._welcome is None:
+            self._welcome = await self.call("hello")
+        return self._welcome
+
+    async def group_label(self) -> str:
+        """As ``Lab.group_label``: the label that groups one DUT's devices."""
+        return str((await self.hello()).get("group_label") or "dut")
+
+    async def group_selector(self, device: str) -> str:
+        """As ``Lab.group_selector``: every device of ``device``'s group."""
+        labels = (await self.call("device", name=device)).get("labels", {})
+        label = await self.group_label()
+        value = labels.get(label)
+        return f"{label}={value}" if value else f"name={device}"
 
     async def devices(self, selector: str = "") -> list[dict[str, Any]]:
         return await self.call("devices", selector=selector)  # type: ignore[no-any-return]
 
-    async def device(self, name: str, lease: str | None = None) -> AsyncDevice:
-        return AsyncDevice(self, name, await self.call("device", name=name), lease)
+    async def device(self, name: str, lease: AsyncLease | str | None = None) -> AsyncDevice:
+        lease_id = lease.id if isinstance(lease, AsyncLease) else lease
+        return AsyncDevice(self, name, await self.call("device", name=name), lease_id)
+
+    # -- leases -----------------------------------------------------------------------------
+    async def acquire(
+        self,
+        selector: str,
+        duration: str | float = "30m",
+        wait: str | float = 0,
+        progress: Any = None,
+        keepalive: bool = True,
+    ) -> AsyncLease:
+        """Lease one free group matching ``selector`` (as ``Lab.lease``, re-queueing the
+        same way when a restarted broker forgot the request); the caller releases it
+        (``await lease.release()`` or ``async with``)."""
+        wait_s = parse_duration(wait)
+        give_up = trio.current_time() + wait_s
+        idle = core.requeue_after(float((await self.hello()).get("heartbeat", 2.0)), wait_s)
+        while True:
+            left = max(0.0, give_up - trio.current_time())
+            try:
+                info = await self.call(
+                    "lease.acquire",
+                    timeout=left + self.timeout,
+                    progress=progress,
+                    idle=idle,
+                    selector=selector,
+                    duration=parse_duration(duration),
+                    wait=left,
+                    holder=holder_identity(),
+                    keepalive=keepalive,
+                )
+                break
+            except RequestForgotten:
+                if progress is not None:
+                    progress({"position": None, "requeued": True})
+        held = AsyncLease(self, info)
+        if keepalive:
+            held._keepalive = await self.nursery.start(self._keepalive, held)
+        return held
 
     @asynccontextmanager
     async def lease(
@@ -174,35 +285,108 @@ class AsyncLab:
         wait: str | float = 0,
         progress: Any = None,
     ) -> AsyncIterator[AsyncLease]:
-        wait_s = parse_duration(wait)
-        info = await self.call(
-            "lease.acquire",
-            timeout=wait_s + self.timeout,
-            progress=progress,
-            selector=selector,
-            duration=parse_duration(duration),
-            wait=wait_s,
-            holder=holder_identity(),
-        )
-        held = AsyncLease(self, info)
+        """``async with lab.lease(sel) as lease``: acquired, kept alive, released."""
+        held = await self.acquire(selector, duration, wait, progress)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._keepalive, held.id, max(float(info["grace"]) / 3, 0.05))
-                try:
-                    yield held
-                finally:
-                    nursery.cancel_scope.cancel()
+            yield held
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(self.timeout):
-                try:
-                    await self.call("lease.release", id=held.id, who=holder_identity())
-                except LeaseNotFound:
-                    pass
+            await held.release()
 
-    async def _keepalive(self, lease_id: str, interval: float) -> None:
-        while True:
-            await trio.sleep(interval)
-            try:
-                await self.call("lease.keepalive", ids=[lease_id])
-            except LabError:
-                pass  # the broker may be restarting; the lease survives it
+    async def attach(self, lease_id: str) -> AsyncLease:
+        """Use a lease taken elsewhere (``labctl lease acquire``, ``LABCTL_LEASE``); its
+        keepalives run until ``release()`` or this lab closes."""
+        held = AsyncLease(self, await self.call("lease.show", id=lease_id))
+        held._keepalive = await self.nursery.start(self._keepalive, held)
+        return held
+
+    async def _keepalive(
+        self, held: AsyncLease, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        interval = max(float(held.info["grace"]) / 3, 0.05)
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            while True:
+                await trio.sleep(interval)
+                try:
+                    await self.call("lease.keepalive", ids=[held.id])
+                except LabError:
+                    pass  # the broker may be restarting; the lease survives it
+
+    async def one_shot(
+        self,
+        device: str,
+        method: str,
+        *args: Any,
+        lease: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """As ``Lab.one_shot``: a mutating call without a lease leases the device just for
+        it and releases it without the on-release reset."""
+        try:
+            dev = await self.device(device, lease=lease)
+            return await dev.call(method, *args, timeout=timeout, **kwargs)
+        except LeaseRequired:
+            if lease is not None:
+                raise
+        held = await self.acquire(f"name={device}", duration=60 + (timeout or self.timeout))
+        try:
+            dev = await self.device(device, lease=held)
+            return await dev.call(method, *args, timeout=timeout, **kwargs)
+        finally:
+            await held.release(reset=False)
+
+    @asynccontextmanager
+    async def write_access(
+        self, device: str, lease: str | AsyncLease | None = None, duration: str | float = "12h"
+    ) -> AsyncIterator[AsyncLease]:
+        """As ``Lab.write_access``: the given lease, or a temporary one on the device's
+        whole group, released on exit without the on-release reset."""
+        if isinstance(lease, AsyncLease):
+            yield lease
+            return
+        if lease is not None:
+            yield await self.attach(lease)
+            return
+        held = await self.acquire(await self.group_selector(device), duration=duration)
+        try:
+            yield held
+        finally:
+            await held.release(reset=False)
+
+    async def leases(self) -> dict[str, Any]:
+        return await self.call("lease.list")  # type: ignore[no-any-return]
+
+    async def lease_info(self, lease: str) -> dict[str, Any]:
+        return await self.call("lease.show", id=lease)  # type: ignore[no-any-return]
+
+    async def extend_lease(self, lease_id: str, duration: str | float) -> dict[str, Any]:
+        return await self.call(  # type: ignore[no-any-return]
+            "lease.extend", id=lease_id, duration=parse_duration(duration), who=holder_identity()
+        )
+
+    async def release_lease(self, lease: str, force: bool = False, reason: str = "") -> None:
+        await self.call("lease.release", id=lease, force=force, reason=reason,
+                        who=holder_identity())  # fmt: skip
+
+    # -- administration and events ----------------------------------------------------------
+    async def set_health(self, device: str, health: str, reason: str = "") -> dict[str, Any]:
+        return await self.call(  # type: ignore[no-any-return]
+            "health", name=device, health=health, reason=reason, who=holder_identity()
+        )
+
+    async def history(
+        self, since: float = 3600, topic: str = "*", limit: int = 10000
+    ) -> list[dict[str, Any]]:
+        return await self.call(  # type: ignore[no-any-return]
+            "events", since=since, topic=topic, limit=limit
+        )
+
+    def event_stream(self, topic: str = "*", since: float | None = None) -> AsyncEventStream:
+        """``async with lab.event_stream("device.*") as events: async for ev in events``;
+        live once entered; with ``since`` (seconds) the journal comes first."""
+        return AsyncEventStream(self, topic, since)
+
+    def events(self, topic: str = "*", since: float | None = None) -> AsyncEventStream:
+        """The same as ``event_stream`` (the name ``Lab.events`` has)."""
+        return AsyncEventStream(self, topic, since)

@@ -52,6 +52,7 @@ class AsyncByteStream:
         self._sock: TrioSocket | None = None
         self._changed = trio.Event()
         self._failure: LabError | None = None  # a resume that gave up
+        self._cancel: trio.CancelScope | None = None  # the receiver's
 
     @property
     def writable(self) -> bool:
@@ -76,8 +77,12 @@ class AsyncByteStream:
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         self.close()
-        self._cancel.cancel()
-        return await self._nursery_cm.__aexit__(*exc)
+        try:
+            return await self._nursery_cm.__aexit__(*exc)
+        finally:  # the receiver has ended: nobody waits on the socket any more
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
     async def _open(self) -> None:
         """Open (or reopen) on a fresh socket; the open's reply is awaited right here."""
@@ -86,20 +91,17 @@ class AsyncByteStream:
         self._sock = sock = _dealer(self.address)
         rid, frames = core.Requests().frames(self.state.open_message(), self.timeout)
         await sock.send(frames)
-        heard = False
-        with trio.move_on_after(CONNECT_TIMEOUT) as first:
-            frames = await sock.recv()
-            heard = True
-        if not heard:
-            raise core.timeout_error(self.address, None, first.deadline and CONNECT_TIMEOUT, False)
+        got = None
+        with trio.move_on_after(min(CONNECT_TIMEOUT, self.timeout)):
+            got = await sock.recv()
+        if got is None:
+            raise core.timeout_error(self.address, None, CONNECT_TIMEOUT, False)
+        frames = got
         with trio.move_on_after(self.timeout):
             while True:
                 msg = protocol.decode(frames)
                 if msg.id == rid:
-                    ans = core.answer(msg)
-                    if ans.error is not None:
-                        raise ans.error
-                    self.state.opened(ans.value)
+                    self.state.opened(core.settle(msg)[1])
                     return
                 self.state.on_message(msg)
                 frames = await sock.recv()
@@ -195,13 +197,13 @@ class AsyncByteStream:
         raise Timeout(f"{st.label}: no verdict within {timeout:g}s")
 
     def close(self) -> None:
-        """Close from this end (the service sees ``closed by client``)."""
+        """Close from this end (the service sees ``closed by client``); the socket goes
+        when ``async with`` ends."""
         frames = self.state.close_frames()
-        if self._sock is not None:
-            if frames is not None:
-                self._sock.send_nowait(frames)
-            self._sock.close()
-            self._sock = None
+        if frames is not None and self._sock is not None:
+            self._sock.send_nowait(frames)
+        if self._cancel is not None:
+            self._cancel.cancel()
         self._wake()
 
     def __aiter__(self) -> AsyncByteStream:
@@ -269,7 +271,9 @@ class AsyncConsole:
 
     async def expect_exact(self, pattern: Any, timeout: float | None = -1) -> int:
         patterns = pattern if isinstance(pattern, list) else [pattern]
-        return await self._expect([re.compile(re.escape(self._coerce(p))) for p in patterns], timeout)
+        return await self._expect(
+            [re.compile(re.escape(self._coerce(p))) for p in patterns], timeout
+        )
 
     def _coerce(self, p: Any) -> Any:
         if isinstance(p, re.Pattern):
@@ -284,7 +288,9 @@ class AsyncConsole:
         timeout = self.timeout if timeout == -1 else timeout
         deadline = None if timeout is None else trio.current_time() + timeout
         while True:
-            found = [(m.start(), i, m) for i, p in enumerate(patterns) if (m := p.search(self.buffer))]
+            found = [
+                (m.start(), i, m) for i, p in enumerate(patterns) if (m := p.search(self.buffer))
+            ]
             if found:
                 _, index, m = min(found, key=lambda f: (f[0], f[1]))
                 self.before, self.after, self.match = self.buffer[: m.start()], m.group(), m

@@ -58,40 +58,40 @@ def pack_lost(count: int) -> bytes:
     return HEADER.pack(time.time(), count, LOST, 0)
 
 
-def unpack(buf: bytes | bytearray | memoryview, channel: str | None = None) -> tuple[list[Any], int]:
+#: flag byte -> (extended, remote, error, fd, rx, brs, esi), looked up once per frame
+_FLAGS = [
+    (bool(f & EXTENDED), bool(f & REMOTE), bool(f & ERROR), bool(f & FD), not f & TX,
+     bool(f & BRS), bool(f & ESI))
+    for f in range(256)
+]  # fmt: skip
+
+
+def unpack(
+    buf: bytes | bytearray | memoryview, channel: str | None = None
+) -> tuple[list[Any], int]:
     """Decode whole records from ``buf``: (messages, bytes used). A ``LOST`` record comes
     back as an int (frames lost there); a record cut short stays for the next call."""
-    import can
+    from can import Message
 
     out: list[Any] = []
+    append = out.append
     pos, end, size = 0, len(buf), HEADER.size
     unpack_from = HEADER.unpack_from
+    flag_table = _FLAGS
     while end - pos >= size:
         ts, ident, flags, length = unpack_from(buf, pos)
-        body = 0 if flags & REMOTE else length
-        if end - pos < size + body:
-            break
+        ext, remote, error, fd, rx, brs, esi = flag_table[flags]
         start = pos + size
-        pos = start + body
+        stop = start if remote else start + length
+        if stop > end:
+            break
+        pos = stop
         if flags & LOST:
-            out.append(ident)
+            append(ident)
             continue
-        out.append(
-            can.Message(
-                timestamp=ts,
-                arbitration_id=ident,
-                is_extended_id=bool(flags & EXTENDED),
-                is_remote_frame=bool(flags & REMOTE),
-                is_error_frame=bool(flags & ERROR),
-                is_fd=bool(flags & FD),
-                bitrate_switch=bool(flags & BRS),
-                error_state_indicator=bool(flags & ESI),
-                is_rx=not flags & TX,
-                dlc=length,
-                data=None if flags & REMOTE else buf[start:pos],
-                channel=channel,
-            )
-        )
+        # positional: twice as fast as keywords, and this runs once per frame
+        append(Message(ts, ident, ext, remote, error, channel, length,
+                       None if remote else buf[start:stop], fd, rx, brs, esi))  # fmt: skip
     return out, pos
 
 
@@ -107,11 +107,15 @@ def message(
     """A checked ``can.Message``; BadArguments says what is wrong (id range, length)."""
     import can
 
+    if isinstance(id, bool) or not isinstance(id, int):
+        raise BadArguments(f"a CAN id is an integer, not {id!r}")
     data = bytes(data)
     if extended is None:
         extended = id > 0x7FF
     if not 0 <= id <= (0x1FFFFFFF if extended else 0x7FF):
-        raise BadArguments(f"CAN id {id:#x} out of range for {'an extended' if extended else 'a standard'} frame")
+        raise BadArguments(
+            f"CAN id {id:#x} out of range for {'an extended' if extended else 'a standard'} frame"
+        )
     if remote and (fd or data):
         raise BadArguments("a remote frame carries no data and cannot be FD")
     if fd and len(data) not in FD_LENGTHS:
@@ -237,11 +241,12 @@ class FrameStream:
             yield msg
 
     async def __aiter__(self) -> AsyncIterator[can.Message]:
-        """Async iteration under trio: each wait for frames runs in a worker thread."""
+        """Async iteration under trio: each wait for frames runs in a worker thread, at most
+        0.1 s, so a cancelled iteration never leaves a thread on the stream's socket."""
         import trio
 
         while True:
-            batch = await trio.to_thread.run_sync(self.recv_batch, 1.0, abandon_on_cancel=True)
+            batch = await trio.to_thread.run_sync(self.recv_batch, 0.1)
             if not batch and self.stream.closed_reason is not None:
                 return
             for msg in batch:
@@ -269,6 +274,15 @@ class CanDevice(Device):
     def writer(self) -> FrameStream:
         """A write-only frame stream (needs the lease): ``send_many`` for bursts."""
         return FrameStream(self, write=True, receive=False)
+
+    def isotp_send(self, data: bytes, wait: float = 5.0, **options: Any) -> int:
+        """Send one ISO-TP PDU (options: txid, rxid, addressing, stmin, blocksize, padding,
+        fd, ...); waits up to ``wait`` s for each flow control frame."""
+        return int(self.call("isotp_send", bytes(data), wait=wait, timeout=wait + 10, **options))
+
+    def isotp_recv(self, wait: float = 5.0, **options: Any) -> bytes | None:
+        """Receive one ISO-TP PDU within ``wait`` s (None if none came)."""
+        return self.call("isotp_recv", wait=wait, timeout=wait + 10, **options)  # type: ignore[no-any-return]
 
     def isotp(self, write: bool | None = None, **options: Any) -> IsoTpStream:
         """An ISO-TP session as a stream: ``recv`` PDUs, ``send`` them (with the lease).

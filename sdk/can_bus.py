@@ -25,6 +25,7 @@ from typing import Any
 
 import can
 from can.broadcastmanager import CyclicSendTaskABC
+from can.typechecking import CanFilters
 
 from .can import FrameStream, filters_from_python_can
 from .errors import LabError
@@ -36,7 +37,7 @@ class LabctlBus(can.BusABC):
     def __init__(
         self,
         channel: Any,
-        can_filters: Sequence[dict[str, Any]] | None = None,
+        can_filters: CanFilters | None = None,
         receive_own_messages: bool = False,
         broker: str | None = None,
         lease: str | None = None,
@@ -64,7 +65,9 @@ class LabctlBus(can.BusABC):
                 lease_id = self._held.id
             self.device = self._lab.device(channel, lease=None if receive_only else lease_id)
             if self.device.kind != "can":
-                raise can.CanInitializationError(f"{channel} is a {self.device.kind} device, not can")
+                raise can.CanInitializationError(
+                    f"{channel} is a {self.device.kind} device, not can"
+                )
             if not receive_only:
                 self._tx = self.device.writer()
         except LabError as exc:
@@ -79,8 +82,8 @@ class LabctlBus(can.BusABC):
     def lost(self) -> int:
         return self._rx.lost if self._rx is not None else 0
 
-    def _apply_filters(self, filters: Sequence[dict[str, Any]] | None) -> None:
-        wanted = filters_from_python_can(filters)
+    def _apply_filters(self, filters: CanFilters | None) -> None:
+        wanted = filters_from_python_can(filters)  # type: ignore[arg-type]
         with self._rx_lock:
             if self._rx is not None and wanted == self._filters_sent:
                 return
@@ -123,7 +126,9 @@ class LabctlBus(can.BusABC):
         thread otherwise (several frames, a modifier callback)."""
         many = not isinstance(msgs, can.Message) and len(msgs) != 1
         if many or modifier_callback is not None or not autostart:
-            return super()._send_periodic_internal(msgs, period, duration, autostart, modifier_callback)
+            return super()._send_periodic_internal(
+                msgs, period, duration, autostart, modifier_callback
+            )
         msg = msgs if isinstance(msgs, can.Message) else msgs[0]
         try:
             task_id = self.device.send_periodic(
@@ -133,10 +138,11 @@ class LabctlBus(can.BusABC):
             raise can.CanOperationError(f"labctl: {exc.message}") from exc
         return RemotePeriodicTask(self, task_id, msg, period)
 
-    @property
+    @property  # type: ignore[misc]
     def state(self) -> can.BusState:
+        """The service's bus state (read-only: the service owns the bus)."""
         found = str(self.device.state().get("state", "active")).upper()
-        return getattr(can.BusState, found, can.BusState.ACTIVE)
+        return getattr(can.BusState, found, can.BusState.ACTIVE)  # type: ignore[no-any-return]
 
     def shutdown(self) -> None:
         super().shutdown()  # stops periodic tasks

@@ -99,13 +99,9 @@ class BusClient:
                     self.stream_handler(got)
                 continue
             heard = time.time()
-            ans = core.answer(got)
-            if ans.error is not None:
-                raise ans.error
-            if not ans.progress:
-                return ans.value
-            if progress is not None:
-                progress(ans.value)
+            done, value = core.settle(got, progress)
+            if done:
+                return value
 
     def call(
         self,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 import secrets
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from . import protocol
@@ -62,21 +61,27 @@ class Requests:
         return self._next_id, msg.to_frames()
 
 
-@dataclass(slots=True)
-class Answer:
-    """What a message with a request's id says: progress, the result, or an error."""
-
-    progress: bool
-    value: Any = None
-    error: LabError | None = None
-
-
-def answer(msg: protocol.Message) -> Answer:
+def settle(msg: protocol.Message, progress: Any = None) -> tuple[bool, Any]:
+    """What a message with a request's id means: ``(True, result)`` for the reply;
+    ``(False, None)`` for progress (handed to ``progress``); an ERROR raises its typed
+    exception, anything else ProtocolError."""
     if msg.mtype == protocol.REPLY:
-        return Answer(bool(msg.header.get("progress")), protocol.reply_result(msg))
+        interim, value = protocol.reply_parts(msg)
+        if not interim:
+            return True, value
+        if progress is not None:
+            progress(value)
+        return False, None
     if msg.mtype == protocol.ERROR:
-        return Answer(False, None, protocol.Error.parse(msg).exception())
-    return Answer(False, None, ProtocolError(f"unexpected {msg.name} in reply to a request"))
+        raise protocol.Error.parse(msg).exception()
+    raise ProtocolError(f"unexpected {msg.name} in reply to a request")
+
+
+def requeue_after(heartbeat: float, wait: float) -> float | None:
+    """How long a queued ``lease.acquire`` may hear nothing before it is asked again: the
+    broker reminds waiters every heartbeat, so three silent ones mean it restarted and
+    forgot the queue (PROTOCOL §8). None when the request does not queue."""
+    return 3 * heartbeat + 1.0 if wait > 0 else None
 
 
 def timeout_error(address: str, msg: Outgoing | None, timeout: float, answered: bool) -> Timeout:

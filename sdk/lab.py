@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import protocol
+from . import core, protocol
 from .client import BusClient, RequestForgotten, holder_identity
 from .durations import parse_duration
 from .errors import LabError, LeaseNotFound, LeaseRequired, MethodNotFound
@@ -64,7 +64,8 @@ class Device:
 
         ``write`` defaults to whether this proxy holds a lease. If the broker restarts or
         the service goes away, the stream reopens where it left off for up to ``resume``
-        seconds before it reports the stream closed (0: report at once).
+        seconds before it reports the stream closed (0: report at once; right for uploads).
+        An upload ends with ``stream.finish(timeout)``: the service's result, or its error.
         """
         from .streams import ByteStream
 
@@ -129,6 +130,15 @@ class Lease(LeaseView):
             self._lab.client.call("lease.release", id=self.id, reset=reset, who=holder_identity())
         except LeaseNotFound:
             pass  # already ended (expired, or forced): nothing left to give back
+
+    def uboot(self, **options: Any) -> Any:
+        """The board's U-Boot prompt: ``with lease.uboot() as ub: ub.run("printenv")``.
+
+        Power-cycles, stops autoboot, waits for the prompt; options: see ``labctl.uboot``.
+        """
+        from .uboot import UBoot
+
+        return UBoot(self, **options)
 
     def __enter__(self) -> Lease:
         return self
@@ -257,9 +267,7 @@ class Lab:
         """
         wait_s = parse_duration(wait)
         give_up = time.monotonic() + wait_s
-        # The broker reminds queued requests of their position every heartbeat; silence
-        # for three heartbeats means it restarted and forgot the queue: ask again.
-        idle = 3 * float(self.hello().get("heartbeat", 2.0)) + 1.0 if wait_s > 0 else None
+        idle = core.requeue_after(float(self.hello().get("heartbeat", 2.0)), wait_s)
         while True:
             left = max(0.0, give_up - time.monotonic())
             try:

@@ -335,9 +335,9 @@ class Reply:
         return cls(msg.header.get("id"), _body(msg, "reply"), bool(msg.header.get("progress")))
 
 
-def reply_result(msg: Message) -> Any:
-    """A REPLY's result without building a ``Reply`` (the client's hot path)."""
-    return _body(msg, "reply")
+def reply_parts(msg: Message) -> tuple[bool, Any]:
+    """A REPLY's ``(progress, result)`` without building a ``Reply`` (the client's hot path)."""
+    return bool(msg.header.get("progress")), _body(msg, "reply")
 
 
 @dataclass(slots=True)
@@ -482,8 +482,9 @@ class StreamAccept:
 @dataclass(slots=True)
 class StreamData:
     """STREAM-DATA: bytes of stream ``sid`` (``data``, one or more frames); ``meta`` is the
-    service's extra header (serial: ``offset``, ``gap``); ``end`` is the writer's end of
-    data (no bytes, the stream stays open for the service's verdict)."""
+    service's extra header (serial: ``offset``, ``gap``; parsed, the whole header, which
+    saves a copy per message); ``end`` is the writer's end of data (no bytes, the stream
+    stays open for the service's verdict)."""
 
     sid: Any
     data: list[Any]

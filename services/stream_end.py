@@ -119,6 +119,11 @@ class BusStreamEnd:
     async def _close(self, message: protocol.StreamClose) -> None:
         if not self.closed:
             self.closed = True
-            await self._send(message.to_frames())
+            try:
+                frames = message.to_frames()
+            except (TypeError, ValueError) as exc:  # a result msgpack cannot carry
+                err = DriverError(f"stream result cannot be sent: {exc}")
+                frames = protocol.StreamClose(self.sid, err.message, error=err).to_frames()
+            await self._send(frames)
         self._inbox_send.close()
         self._credit_changed.set()

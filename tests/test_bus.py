@@ -250,3 +250,29 @@ def test_a_malformed_re_registration_changes_nothing(pdu: LabHarness) -> None:
     assert [e["body"] for e in lab.client.call("events", topic="device.ghost.1.progress")] == [
         {"x": 1}
     ]
+
+
+def test_the_group_label_is_the_brokers_and_write_access_leases_the_whole_group(
+    harness: LabHarness,
+) -> None:
+    from .harness import LABCTL, Proc
+
+    argv = [*LABCTL, "broker", "run", "--bus", harness.bus, "--events", harness.events,
+            "--state", str(harness.root / "state"), "--heartbeat", str(harness.heartbeat),
+            "--group-label", "rack"]  # fmt: skip
+    harness.broker = Proc(argv, harness.root / "broker.log", harness.env).start()
+    harness.procs.append(harness.broker)
+    harness.start_service({"service": "pdu1", "kind": "power", "driver": "mock",
+                           "devices": [{"name": "pdu1.1", "labels": {"rack": "r1"}},
+                                       {"name": "pdu1.2", "labels": {"rack": "r1"}},
+                                       {"name": "pdu1.3", "labels": {"rack": "r2"}}]})  # fmt: skip
+    lab = harness.lab()
+    assert lab.group_label() == "rack"
+    assert lab.group_selector("pdu1.2") == "rack=r1"
+    with lab.write_access("pdu1.1") as held:
+        assert sorted(held.devices) == ["pdu1.1", "pdu1.2"]
+        assert held["pdu1.2"].on() == "on"
+    assert lab.devices("name=pdu1.2")[0]["lease"] is None
+    assert lab.device("pdu1.2").state() == "on"  # released without the on-release reset
+    assert lab.one_shot("pdu1.3", "on") == "on"  # leased just for the call
+    assert lab.devices("name=pdu1.3")[0]["lease"] is None

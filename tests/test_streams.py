@@ -222,6 +222,36 @@ def test_reader_resumes_at_its_offset_after_a_broker_restart(
     stream.close()
 
 
+def test_async_reader_resumes_at_its_offset_after_a_broker_restart(
+    serial_lab: LabHarness, pty: Pty
+) -> None:
+    import trio
+
+    from labctl.aio import AsyncLab
+
+    lines = [f"line {i:05d}\n".encode() for i in range(3000)]
+    expected = b"".join(lines)
+
+    async def main() -> None:
+        async with AsyncLab(serial_lab.bus) as lab:
+            dev = await lab.device("ser1")
+            async with dev.stream("console", since=0) as stream:
+                pty.write_all(b"".join(lines[:1000]))
+                got = bytearray()
+                while len(got) < 11000:
+                    got += await stream.read_some(10)
+                assert serial_lab.broker is not None
+                serial_lab.broker.kill(signal.SIGKILL)
+                pty.write_all(b"".join(lines[1000:2000]))  # written while no broker runs
+                await trio.to_thread.run_sync(serial_lab.start_broker)
+                pty.write_all(b"".join(lines[2000:]))
+                while len(got) < len(expected):
+                    got += await stream.read_some(20)
+                assert bytes(got) == expected  # nothing lost, nothing doubled
+
+    trio.run(main)
+
+
 def test_console_expect_against_a_booting_simulated_dut(harness: LabHarness) -> None:
     link = harness.root / "tty-dut"
     power = harness.root / "power"

@@ -58,7 +58,7 @@ class CanBridge:
         recv = self.bus.recv
         while True:
             await trio.lowlevel.wait_readable(fd)
-            batch = []
+            batch: list[can.Message] = []
             while len(batch) < BATCH:
                 msg = recv(0)
                 if msg is None:
@@ -119,7 +119,9 @@ class CanBridge:
             raise failure[0]
 
 
-def thread_send(bus: can.BusABC, token: Any, after: Callable[[can.Message], None]) -> Callable[[can.Message], None]:
+def thread_send(
+    bus: can.BusABC, token: Any, after: Callable[[can.Message], None]
+) -> Callable[[can.Message], None]:
     """A send for threads other than trio's (can-isotp's worker): sends at once, then runs
     ``after(msg)`` in trio (the loopback to this device's readers)."""
 

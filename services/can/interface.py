@@ -2,12 +2,9 @@
 and ISO-TP (``isotp_send``, ``isotp_recv``, stream ``isotp``; see ``isotp.py``).
 
 Everything users call is written once here; a driver only opens its python-can bus
-(``open_bus``). Received frames come in through ``bridges.can`` in batches, are stamped
-(python-can's receive time, taken in this process), packed once (``labctl.can`` records) and
-handed to every reader whose filters match, each with its own bounded buffer: a slow reader
-loses frames only beyond what it has credit and buffer for, and is told how many in-band;
-it never holds up the bus or another reader. Frames this device sends are looped back to its
-own readers, as SocketCAN does for candump.
+(``open_bus``). Received frames come in through ``bridges.can`` in batches and go to the
+ISO-TP sessions (``isotp.py``) and the frame readers (``fanout.py``). Frames this device
+sends are looped back to its own readers, as SocketCAN does for candump.
 
 Mutating: every send, periodic tasks, ISO-TP (it transmits flow control). Reading frames
 needs no lease. When a lease ends: every periodic task stops and write streams close.
@@ -24,19 +21,20 @@ import structlog
 import trio
 from pydantic import Field
 
-from labctl.can import EFF_FLAG, ERROR, RTR_FLAG, message, pack, pack_lost, unpack
-from labctl.errors import BadArguments, BadRequest, DeviceOffline, DriverError, NotSupported
+from labctl.can import message
+from labctl.errors import BadArguments, BadRequest, DeviceOffline, DriverError
 
 from ..bridges.can import CanBridge
 from ..driver import Driver, DriverConfig
 from ..export import export
 from ..stream import StreamEnd
+from .fanout import FrameFanout
 from .isotp import IsoTpOptions, IsoTpSessions
 
 log = structlog.get_logger("can")
 
-#: bytes of frames one stream message carries at most
-CHUNK = 60000
+#: seconds a bus may take to open before the device is reported offline
+OPEN_TIMEOUT = 10.0
 
 
 class CanConfig(DriverConfig):
@@ -47,45 +45,6 @@ class CanConfig(DriverConfig):
     data_bitrate: int | None = Field(None, gt=0)
     #: bytes of frames kept per reader beyond its credit before its frames are dropped
     reader_buffer: int = Field(4 << 20, ge=4096)
-
-
-class _Reader:
-    """One ``frames`` stream: its filters and the records waiting for credit."""
-
-    __slots__ = ("filters", "errmask", "own", "records", "size", "limit", "lost", "wake")
-
-    def __init__(self, filters: list[tuple[int, int, bool]], errmask: int, own: bool, limit: int) -> None:
-        self.filters = filters
-        self.errmask = errmask
-        self.own = own
-        self.records: list[bytes] = []
-        self.size = 0
-        self.limit = limit
-        self.lost = 0  # frames dropped and not yet reported
-        self.wake = trio.Event()
-
-    def accepts(self, full_id: int, error: bool, tx: bool) -> bool:
-        if tx and not self.own:
-            return False
-        if error:
-            return bool(self.errmask & full_id)
-        if not self.filters:
-            return True
-        for ident, mask, invert in self.filters:
-            if ((full_id & mask) == (ident & mask)) != invert:
-                return True
-        return False
-
-    def add(self, record: bytes) -> None:
-        if self.size >= self.limit:
-            self.lost += 1
-            return
-        if self.lost:
-            self.records.append(pack_lost(self.lost))
-            self.lost = 0
-        self.records.append(record)
-        self.size += len(record)
-        self.wake.set()
 
 
 class CanDriver(Driver):
@@ -100,7 +59,7 @@ class CanDriver(Driver):
         super().__init__(*args, **kwargs)
         self.bus: can.BusABC | None = None
         self.bridge: CanBridge | None = None
-        self.readers: set[_Reader] = set()
+        self.fanout = FrameFanout(self.config.reader_buffer)
         self.periodic: dict[str, can.broadcastmanager.CyclicSendTaskABC] = {}
         self.isotp = IsoTpSessions(self)
         self._task_ids = itertools.count(1)
@@ -119,28 +78,45 @@ class CanDriver(Driver):
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self, nursery: trio.Nursery) -> None:
-        nursery.start_soon(self._keep_open)
+        """Open the bus before the device registers, so it is online only with an open bus;
+        a bus that does not open puts the device offline and is retried in the background."""
+        first = await self._open()
+        nursery.start_soon(self._keep_open, first)
 
-    async def _keep_open(self) -> None:
-        """Open the bus and keep it open: a bus that fails is closed and opened again."""
+    async def _open(self) -> can.BusABC | None:
+        try:
+            with trio.fail_after(OPEN_TIMEOUT):
+                return await trio.to_thread.run_sync(self.open_bus, abandon_on_cancel=True)
+        except trio.TooSlowError:
+            self._failed(f"opening the bus took more than {OPEN_TIMEOUT:g}s")
+        except Exception as exc:
+            self._failed(f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _failed(self, error: str) -> None:
+        self._error = error
+        log.warning("CAN bus failed", device=self.name, error=error)
+        self.ctx.set_online(False, f"CAN bus: {error}")
+
+    async def _keep_open(self, bus: can.BusABC | None) -> None:
+        """Run the bus; one that fails is closed and opened again, with backoff."""
         delay = 0.5
         while True:
-            try:
-                self.bus = await trio.to_thread.run_sync(self.open_bus)
-                self.bridge = CanBridge(self.bus)
+            if bus is not None:
+                self.bus, self.bridge = bus, CanBridge(bus)
                 self._error = ""
                 self.ctx.set_online(True)
                 self.ctx.publish_status({"bus": "open", **self.describe()})
                 delay = 0.5
-                await self.bridge.run(self._received)
-            except Exception as exc:
-                self._error = f"{type(exc).__name__}: {exc}"
-                log.warning("CAN bus failed", device=self.name, error=self._error)
-                self.ctx.set_online(False, f"CAN bus: {self._error}")
-            finally:
-                self._shutdown_bus()
+                try:
+                    await self.bridge.run(self._received)
+                except Exception as exc:
+                    self._failed(f"{type(exc).__name__}: {exc}")
+                finally:
+                    self._shutdown_bus()
             await trio.sleep(delay)
             delay = min(delay * 2, 10)
+            bus = await self._open()
 
     def _shutdown_bus(self) -> None:
         bus, self.bus, self.bridge = self.bus, None, None
@@ -175,22 +151,7 @@ class CanDriver(Driver):
             self.rx += len(batch)
         if self.isotp.sessions and not tx:
             self.isotp.received(batch)
-        readers = self.readers
-        if not readers:
-            return
-        now = time.time()
-        for msg in batch:
-            full = msg.arbitration_id
-            if msg.is_extended_id:
-                full |= EFF_FLAG
-            if msg.is_remote_frame:
-                full |= RTR_FLAG
-            record = None
-            for reader in readers:
-                if reader.accepts(full, msg.is_error_frame, tx):
-                    if record is None:
-                        record = pack(msg, tx, msg.timestamp if msg.timestamp and not tx else now)
-                    reader.add(record)
+        self.fanout.deliver(batch, tx)
 
     def transmit(self, msgs: list[can.Message]) -> None:
         """Send frames now and show them to this device's readers."""
@@ -276,7 +237,7 @@ class CanDriver(Driver):
             "fd": self.config.fd,
             "rx": self.rx,
             "tx": self.tx,
-            "readers": len(self.readers),
+            "readers": len(self.fanout.readers),
             "periodic": sorted(self.periodic),
             "isotp_sessions": len(self.isotp.sessions),
             **self.describe(),
@@ -311,9 +272,9 @@ class CanDriver(Driver):
         blocksize: int = 8,
         padding: int | None = None,
         fd: bool = False,
-        timeout: float = 5.0,
+        wait: float = 5.0,
     ) -> int:
-        """Send one ISO-TP PDU (waits for the receiver's flow control); returns its length."""
+        """Send one ISO-TP PDU (waiting up to ``wait`` s for each flow control); returns its length."""
         opts = IsoTpOptions.of(locals())
         await self.isotp.send(opts, _bytes(data))
         return len(data)
@@ -331,9 +292,9 @@ class CanDriver(Driver):
         blocksize: int = 8,
         padding: int | None = None,
         fd: bool = False,
-        timeout: float = 5.0,
+        wait: float = 5.0,
     ) -> bytes | None:
-        """Receive one ISO-TP PDU within ``timeout`` s (None if none came)."""
+        """Receive one ISO-TP PDU within ``wait`` s (None if none came)."""
         opts = IsoTpOptions.of(locals())
         return await self.isotp.recv(opts)
 
@@ -344,7 +305,9 @@ class CanDriver(Driver):
         ``isotp``: args are ISO-TP options (see ``IsoTpOptions``); PDUs as u32-length records.
         """
         if name not in self.streams:
-            raise BadRequest(f"{self.name}: no stream {name!r}; can devices offer 'frames', 'isotp'")
+            raise BadRequest(
+                f"{self.name}: no stream {name!r}; can devices offer 'frames', 'isotp'"
+            )
         scope = trio.CancelScope()  # reset() cancels it to end a lease's writable stream
         try:
             with scope:
@@ -353,54 +316,11 @@ class CanDriver(Driver):
                 if name == "isotp":
                     await self.isotp.serve(IsoTpOptions.of(end.args or {}), end)
                 else:
-                    await self._serve_frames(end)
+                    await self.fanout.serve(end, self.transmit)
         finally:
             self._writers.discard(scope)
         if scope.cancelled_caught:
             await end.close("the lease on this device ended")
-
-    async def _serve_frames(self, end: StreamEnd) -> None:
-        args = end.args or {}
-        reader = _Reader(_filters(args.get("filters")), _int(args, "errmask"),
-                         args.get("own", True) is not False, self.config.reader_buffer)  # fmt: skip
-        receive = args.get("rx", True) is not False
-        async with trio.open_nursery() as nursery:
-            if end.writable:
-                nursery.start_soon(self._forward_input, end, not receive)
-            if receive:
-                self.readers.add(reader)
-                try:
-                    await self._forward_output(end, reader)
-                finally:
-                    self.readers.discard(reader)
-
-    async def _forward_output(self, end: StreamEnd, reader: _Reader) -> None:
-        while True:
-            if not reader.records:
-                reader.wake = trio.Event()
-                await reader.wake.wait()
-                continue
-            records, reader.records, reader.size = reader.records, [], 0
-            data = b"".join(records)
-            for start in range(0, len(data), CHUNK):
-                await end.send(data[start : start + CHUNK])
-
-    async def _forward_input(self, end: StreamEnd, only: bool) -> None:
-        """Frames the client writes, sent in order; a bad frame closes the stream with why."""
-        rest = b""
-        while True:
-            try:
-                data = await end.receive()
-            except trio.EndOfChannel:
-                break
-            buf = rest + data if rest else data
-            msgs, used = unpack(buf)
-            rest = bytes(buf[used:])
-            frames = [m for m in msgs if not isinstance(m, int)]
-            if frames:
-                self.transmit(frames)
-        if only:  # a write-only stream ends with its writer; say how many went out
-            await end.close("written", result={"tx": self.tx})
 
 
 def _bytes(data: Any) -> bytes:
@@ -413,27 +333,6 @@ def _bytes(data: Any) -> bytes:
             raise BadArguments(f"data must be bytes or hex, not {data!r}") from None
     if isinstance(data, list | tuple) and all(isinstance(b, int) and 0 <= b < 256 for b in data):
         return bytes(data)
-    raise BadArguments(f"data must be bytes, hex or a list of byte values, not {type(data).__name__}")
-
-
-def _int(args: dict[str, Any], key: str) -> int:
-    value = args.get(key) or 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadArguments(f"{key} must be an integer, not {value!r}")
-    return value
-
-
-def _filters(raw: Any) -> list[tuple[int, int, bool]]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise BadArguments("filters must be a list of {id, mask, invert?}")
-    out = []
-    for f in raw:
-        if not isinstance(f, dict) or not isinstance(f.get("id"), int) or not isinstance(f.get("mask"), int):
-            raise BadArguments(f"bad filter {f!r}: needs integer id and mask")
-        out.append((f["id"], f["mask"], bool(f.get("invert"))))
-    return out
-
-
-__all__ = ["CanConfig", "CanDriver", "ERROR", "NotSupported"]
+    raise BadArguments(
+        f"data must be bytes, hex or a list of byte values, not {type(data).__name__}"
+    )

@@ -63,19 +63,27 @@ class IsoTpOptions(BaseModel):
     blocksize: int = Field(8, ge=0, le=255)
     padding: int | None = Field(None, ge=0, le=255)
     fd: bool = False
-    timeout: float = Field(5.0, gt=0)
+    wait: float = Field(5.0, gt=0)  # seconds to wait for the peer (flow control, a PDU)
 
     @model_validator(mode="after")
     def _complete(self) -> IsoTpOptions:
         mode = self.addressing.removesuffix("_29")
-        if mode in ("normal", "extended", "mixed") and (self.txid is None or self.rxid is None) and not (mode == "mixed" and self.addressing.endswith("_29")):
+        if (
+            mode in ("normal", "extended", "mixed")
+            and (self.txid is None or self.rxid is None)
+            and not (mode == "mixed" and self.addressing.endswith("_29"))
+        ):
             raise ValueError(f"{self.addressing} addressing needs txid and rxid")
         if mode == "extended" and (self.target_address is None or self.source_address is None):
             raise ValueError("extended addressing needs target_address and source_address")
         if mode == "mixed" and self.address_extension is None:
             raise ValueError("mixed addressing needs address_extension")
-        if self.addressing in ("normal_fixed_29", "mixed_29") and (self.target_address is None or self.source_address is None):
-            raise ValueError(f"{self.addressing} addressing needs target_address and source_address")
+        if self.addressing in ("normal_fixed_29", "mixed_29") and (
+            self.target_address is None or self.source_address is None
+        ):
+            raise ValueError(
+                f"{self.addressing} addressing needs target_address and source_address"
+            )
         return self
 
     @classmethod
@@ -84,7 +92,9 @@ class IsoTpOptions(BaseModel):
         try:
             return cls.model_validate(given)
         except ValidationError as exc:
-            why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+            why = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()
+            )
             raise BadArguments(f"ISO-TP options: {why}") from None
 
     @property
@@ -109,7 +119,7 @@ class IsoTpOptions(BaseModel):
             raise BadArguments(f"ISO-TP address: {exc}") from None
 
     def params(self, listen: bool) -> dict[str, Any]:
-        ms = int(self.timeout * 1000)
+        ms = int(self.wait * 1000)
         return {
             "stmin": self.stmin,
             "blocksize": self.blocksize,
@@ -128,7 +138,9 @@ class IsoTpSession:
     """One can-isotp transport layer fed from the device's reader. ``accept``: the PCI types
     (0 single, 1 first, 2 consecutive, 3 flow control) this session takes."""
 
-    def __init__(self, driver: CanDriver, opts: IsoTpOptions, accept: set[int], listen: bool) -> None:
+    def __init__(
+        self, driver: CanDriver, opts: IsoTpOptions, accept: set[int], listen: bool
+    ) -> None:
         if driver.bus is None:
             from labctl.errors import DeviceOffline
 
@@ -187,7 +199,9 @@ class IsoTpSessions:
                 session.feed(msg)
 
     @asynccontextmanager
-    async def open(self, opts: IsoTpOptions, accept: set[int], listen: bool = False) -> AsyncIterator[IsoTpSession]:
+    async def open(
+        self, opts: IsoTpOptions, accept: set[int], listen: bool = False
+    ) -> AsyncIterator[IsoTpSession]:
         session = IsoTpSession(self.driver, opts, accept, listen)
         await trio.to_thread.run_sync(session.layer.start)
         self.sessions.add(session)
@@ -203,30 +217,41 @@ class IsoTpSessions:
             await self._send(session, data)
 
     async def _send(self, session: IsoTpSession, data: bytes) -> None:
-        timeout = session.opts.timeout
+        timeout = session.opts.wait
         try:
-            await trio.to_thread.run_sync(session.layer.send, data, None, timeout, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(
+                session.layer.send, data, None, timeout, abandon_on_cancel=True
+            )
         except isotp.BlockingSendTimeout:
-            raise Timeout(f"ISO-TP send of {len(data)} bytes not done within {timeout:g}s") from None
+            raise Timeout(
+                f"ISO-TP send of {len(data)} bytes not done within {timeout:g}s"
+            ) from None
         except (isotp.BlockingSendFailure, isotp.IsoTpError) as exc:
             session.errors.append(exc)
             raise session.failure(f"send of {len(data)} bytes") from None
 
     async def recv(self, opts: IsoTpOptions) -> bytes | None:
         async with self.open(opts, {0, 1, 2}) as session:
-            pdu = await trio.to_thread.run_sync(session.layer.recv, True, opts.timeout, abandon_on_cancel=True)
+            pdu = await trio.to_thread.run_sync(
+                session.layer.recv, True, opts.wait, abandon_on_cancel=True
+            )
         return None if pdu is None else bytes(pdu)
 
     async def serve(self, opts: IsoTpOptions, end: StreamEnd) -> None:
         """An ``isotp`` stream: received PDUs out, written PDUs sent (u32-length records)."""
-        async with self.open(opts, {0, 1, 2, FLOW_CONTROL}, listen=not end.writable) as session:
-            async with trio.open_nursery() as nursery:
-                if end.writable:
-                    nursery.start_soon(self._send_written, session, end)
-                while True:
-                    pdu = await trio.to_thread.run_sync(session.layer.recv, True, 0.5, abandon_on_cancel=True)
-                    if pdu is not None:
-                        await end.send(LENGTH.pack(len(pdu)) + bytes(pdu))
+        accept = {0, 1, 2, FLOW_CONTROL}
+        async with (
+            self.open(opts, accept, listen=not end.writable) as session,
+            trio.open_nursery() as nursery,
+        ):
+            if end.writable:
+                nursery.start_soon(self._send_written, session, end)
+            while True:
+                pdu = await trio.to_thread.run_sync(
+                    session.layer.recv, True, 0.5, abandon_on_cancel=True
+                )
+                if pdu is not None:
+                    await end.send(LENGTH.pack(len(pdu)) + bytes(pdu))
 
     async def _send_written(self, session: IsoTpSession, end: StreamEnd) -> None:
         buf = b""

@@ -34,7 +34,7 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import structlog
 import trio
@@ -47,19 +47,24 @@ from .interface import PowerDriver
 
 log = structlog.get_logger("qemu")
 
+
+class Machine(NamedTuple):
+    binary: str
+    package: str  # the Debian package that has the binary
+    args: list[str]
+    firmware: str | None  # default -bios; None: QEMU's own (SeaBIOS, package seabios)
+
+
 MACHINES = {
-    "x86_64": {
-        "binary": "qemu-system-x86_64",
-        "package": "qemu-system-x86",
-        "args": ["-machine", "pc,graphics=off"],
-        "firmware": None,  # SeaBIOS, QEMU's default (package seabios)
-    },
-    "aarch64": {
-        "binary": "qemu-system-aarch64",
-        "package": "qemu-system-arm",
-        "args": ["-machine", "virt", "-cpu", "cortex-a57"],
-        "firmware": "/usr/lib/u-boot/qemu_arm64/u-boot.bin",
-    },
+    "x86_64": Machine(
+        "qemu-system-x86_64", "qemu-system-x86", ["-machine", "pc,graphics=off"], None
+    ),
+    "aarch64": Machine(
+        "qemu-system-aarch64",
+        "qemu-system-arm",
+        ["-machine", "virt", "-cpu", "cortex-a57"],
+        "/usr/lib/u-boot/qemu_arm64/u-boot.bin",
+    ),
 }
 FIRMWARE_PACKAGES = {"/usr/lib/u-boot/": "u-boot-qemu", "/usr/share/seabios/": "seabios"}
 #: how often the mux state is read while the board runs
@@ -112,25 +117,24 @@ class QemuPower(PowerDriver):
     # -- what is installed ---------------------------------------------------------------
     @property
     def binary(self) -> str:
-        return self.config.qemu or str(MACHINES[self.config.machine]["binary"])
+        return self.config.qemu or MACHINES[self.config.machine].binary
 
     @property
     def firmware(self) -> str | None:
         if self.config.firmware is not None:
             return str(self.config.firmware)
-        default = MACHINES[self.config.machine]["firmware"]
-        return str(default) if default else None
+        return MACHINES[self.config.machine].firmware
 
     def _missing_packages(self) -> str:
         """One line naming what to install, or ``""``."""
         machine = MACHINES[self.config.machine]
         if shutil.which(self.binary) is None:
-            package = machine["package"] if self.config.qemu is None else "QEMU"
+            package = machine.package if self.config.qemu is None else "QEMU"
             return f"{self.binary} not found: install the Debian package {package}"
         fw = self.firmware
         if fw is not None and not os.path.exists(fw):
-            package = next((p for d, p in FIRMWARE_PACKAGES.items() if fw.startswith(d)), None)
-            hint = f"install the Debian package {package}" if package else "check 'firmware'"
+            owner = next((p for d, p in FIRMWARE_PACKAGES.items() if fw.startswith(d)), None)
+            hint = f"install the Debian package {owner}" if owner else "check 'firmware'"
             return f"firmware {fw} not found: {hint}"
         return ""
 
@@ -204,7 +208,7 @@ class QemuPower(PowerDriver):
 
     def _argv(self, workdir: Path, card: bool) -> list[str]:
         cfg = self.config
-        argv = [self.binary, *MACHINES[cfg.machine]["args"]]  # type: ignore[misc]
+        argv = [self.binary, *MACHINES[cfg.machine].args]
         argv += ["-accel", "tcg", "-m", cfg.memory, "-nodefaults", "-display", "none"]
         if self.firmware:
             argv += ["-bios", self.firmware]

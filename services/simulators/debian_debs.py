@@ -101,42 +101,47 @@ def _deb_data(deb: Path) -> tuple[bytes, str]:
 
 
 def _open_tar(data: bytes, suffix: str) -> tarfile.TarFile:
+    """A streaming reader of data.tar (xz, gzip, bzip2 found by tarfile; zstd here)."""
     if suffix == ".zst":
         import zstandard
 
         data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-        suffix = ""
-    mode = {".xz": "r|xz", ".gz": "r|gz", "": "r|"}.get(suffix)
-    if mode is None:
-        raise ImageError(f"data.tar{suffix}: unknown compression")
-    return tarfile.open(fileobj=io.BytesIO(data), mode=mode)
+    return tarfile.open(fileobj=io.BytesIO(data), mode="r|*")
 
 
-def unpacked(package: str, arch: str, member_glob: str, name: str) -> Path:
-    """One file out of ``package``'s .deb, cached as ``qemu/<arch>/<name>``.
+def unpacked(package: str, arch: str, wanted: dict[str, str]) -> dict[str, Path]:
+    """Files out of ``package``'s .deb, cached under ``qemu/<arch>/``: name -> path.
 
-    ``member_glob`` matches the path inside the package (``./boot/vmlinuz-*``). A stamp
-    beside the file names the .deb it came from, so a newer .deb in the cache wins.
+    ``wanted`` maps a cache name to a glob of the path inside the package
+    (``{"vmlinuz": "./boot/vmlinuz-*"}``); one pass over the archive finds them all. A stamp
+    beside each file names the .deb it came from, so a newer .deb in the cache wins.
     """
     deb = fetch_deb(package, arch)
-    out = cache_dir() / "qemu" / arch / name
-    stamp = out.with_name(name + ".from")
-    if out.exists() and stamp.exists() and stamp.read_text() == deb.name:
+    where = cache_dir() / "qemu" / arch
+    out = {name: where / name for name in wanted}
+    stamps = {name: where / (name + ".from") for name in wanted}
+    if all(out[n].exists() and stamps[n].exists() and stamps[n].read_text() == deb.name
+           for n in wanted):  # fmt: skip
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    where.mkdir(parents=True, exist_ok=True)
     data, suffix = _deb_data(deb)
+    found: dict[str, bytes] = {}
     with _open_tar(data, suffix) as tar:
         for info in tar:
-            if info.isfile() and fnmatch.fnmatch(info.name, member_glob):
-                src = tar.extractfile(info)
-                assert src is not None
-                content = src.read()
+            for name, member_glob in wanted.items():
+                if name not in found and info.isfile() and fnmatch.fnmatch(info.name, member_glob):
+                    src = tar.extractfile(info)
+                    assert src is not None
+                    found[name] = src.read()
+            if len(found) == len(wanted):
                 break
-        else:
-            raise ImageError(f"{deb.name} holds no {member_glob}")
-    tmp = out.with_name(name + ".tmp")
-    tmp.write_bytes(content)
-    tmp.chmod(0o755)
-    os.replace(tmp, out)
-    stamp.write_text(deb.name)
+    missing = [wanted[n] for n in wanted if n not in found]
+    if missing:
+        raise ImageError(f"{deb.name} holds no {', '.join(missing)}")
+    for name, content in found.items():
+        tmp = out[name].with_name(name + ".tmp")
+        tmp.write_bytes(content)
+        tmp.chmod(0o755)
+        os.replace(tmp, out[name])
+        stamps[name].write_text(deb.name)
     return out

@@ -85,7 +85,7 @@ def compress(image: Path, how: str) -> Path:
             cctx = zstandard.ZstdCompressor(level=9, threads=-1)
             cctx.copy_stream(src, dst)
         else:
-            with lzma.LZMAFile(dst, "wb", preset=6) as xz:
+            with lzma.LZMAFile(dst, "wb", preset=3) as xz:
                 while chunk := src.read(1 << 20):
                     xz.write(chunk)
     tmp.replace(out)

@@ -17,12 +17,17 @@ ROOT_PASSWORD_HASH = "$6$labctlsalt0000$bDjKqQTa0vagiJhsIo7mKuzrULnvX6Lx8j07/.Xg
 HOSTNAME = "labctl-vboard"
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}")
 CONSOLE = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
+#: kernel modules (in load order) that let the guest see its card as /dev/vda: Debian's
+#: cloud kernels build virtio as modules
+MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
+           "virtio_pci", "virtio_blk")  # fmt: skip
 
 INIT = """#!/bin/busybox sh
 /bin/busybox mount -t devtmpfs dev /dev 2>/dev/null
 exec 0</dev/console 1>/dev/console 2>&1
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys
+for m in {modules}; do insmod /lib/modules/$m.ko 2>/dev/null; done
 hostname {hostname}
 echo "labctl-init: LABCTL_IMAGE_VERSION={version} uptime=$(cut -d' ' -f1 /proc/uptime)"
 exec /sbin/init
@@ -83,19 +88,28 @@ class Cpio:
         return bytes(self.out)
 
 
-def build_initramfs(busybox: Path, arch: str, version: str) -> bytes:
-    """The gzip'd initramfs: busybox init, a getty on the console, root/labctl."""
+def build_initramfs(
+    busybox: Path, arch: str, version: str, modules: dict[str, Path] | None = None
+) -> bytes:
+    """The gzip'd initramfs: busybox init, a getty on the console, root/labctl.
+
+    ``modules`` (``virtio_blk.ko`` -> file) go to ``/lib/modules`` and load at boot.
+    """
     tty = CONSOLE[arch]
     c = Cpio()
-    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "root", "tmp", "usr", "usr/bin"):
+    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "root", "tmp", "usr", "usr/bin",
+              "lib", "lib/modules", "mnt"):  # fmt: skip
         c.dir(d)
+    for name, path in (modules or {}).items():
+        c.file(f"lib/modules/{name}", path.read_bytes())
     c.chardev("dev/console", 5, 1)
     c.file("bin/busybox", busybox.read_bytes(), 0o755)
-    for applet in ("sh", "mount", "hostname", "cut", "getty", "login"):
+    for applet in ("sh", "mount", "hostname", "cut", "getty", "login", "insmod"):
         c.symlink(f"bin/{applet}", "busybox")
     for applet in ("init", "getty", "poweroff", "reboot", "halt"):
         c.symlink(f"sbin/{applet}", "../bin/busybox")
-    c.file("init", INIT.format(hostname=HOSTNAME, version=version), 0o755)
+    modules_order = " ".join(m for m in MODULES if f"{m}.ko" in (modules or {}))
+    c.file("init", INIT.format(hostname=HOSTNAME, version=version, modules=modules_order), 0o755)
     c.file("etc/os-release", os_release(version))
     c.file("etc/hostname", HOSTNAME + "\n")
     c.file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .debian_debs import DEB_ARCH, ImageError, unpacked
 from .image_outputs import compress, write_bmap
-from .initramfs import CONSOLE, build_initramfs, check_version
+from .initramfs import CONSOLE, MODULES, build_initramfs, check_version
 
 MIB = 1 << 20
 MARKER_OFFSET = 4096
@@ -99,12 +99,18 @@ def build_image(
     if arch not in ARCHES:
         raise ImageError(f"arch {arch!r}: choose {' or '.join(ARCHES)}")
     deb_arch = DEB_ARCH[arch]
-    kernel = unpacked(f"linux-image-cloud-{deb_arch}", arch, "./boot/vmlinuz-*", "vmlinuz")
-    busybox = unpacked("busybox-static", arch, "./bin/busybox", "busybox")
+    kernel_files = unpacked(
+        f"linux-image-cloud-{deb_arch}",
+        arch,
+        {"vmlinuz": "./boot/vmlinuz-*"}
+        | {f"{m}.ko": f"./lib/modules/*/kernel/drivers/*/{m}.ko" for m in MODULES},
+    )
+    kernel = kernel_files.pop("vmlinuz")
+    busybox = unpacked("busybox-static", arch, {"busybox": "./bin/busybox"})["busybox"]
     marker = f"LABCTL_IMAGE_VERSION={version}\n"
     with tempfile.TemporaryDirectory(prefix="labctl-image-") as tmp:
         w = Path(tmp)
-        (w / "initrd.img").write_bytes(build_initramfs(busybox, arch, version))
+        (w / "initrd.img").write_bytes(build_initramfs(busybox, arch, version, kernel_files))
         (w / "VERSION").write_text(marker)
         boot_files = kernel.stat().st_size + (w / "initrd.img").stat().st_size
         part_mib = max(20, boot_files // MIB + 3)

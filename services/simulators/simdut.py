@@ -4,7 +4,8 @@
         [--power-file /tmp/lab/rpi4-01.power] [--hostname rpi4-01]
 
 It creates a pty, points ``--link`` at its slave side (a serial service uses that path as
-its ``url``), prints ``simdut ready <slave> <link>`` on stdout, then plays a board:
+its ``url``; or, with ``--listen HOST:PORT`` instead, serves it on TCP for ``socket://``),
+prints ``simdut ready <slave> <link>`` on stdout, then plays a board:
 a U-Boot banner, a Linux boot log after ``--boot-delay`` seconds, a ``login:`` prompt that
 accepts ``root`` (no password), and a ``# `` shell answering ``uname [-a]``, ``echo``,
 ``cat /etc/os-release``, ``reboot`` and ``exit``/``logout`` (back to ``login:``).
@@ -30,6 +31,7 @@ import argparse
 import os
 import select
 import signal
+import socket
 import time
 import tty
 from collections.abc import Callable
@@ -255,6 +257,12 @@ class PtyConsole:
         except (BlockingIOError, OSError):
             return b""
 
+    def readers(self) -> list[int]:
+        return [self.master]
+
+    def read_ready(self, ready: list[object]) -> bytes:
+        return self.read()
+
     def close(self) -> None:
         try:
             if os.readlink(self.link) == self.slave_name:
@@ -263,6 +271,79 @@ class PtyConsole:
             pass
         os.close(self.master)
         os.close(self._slave)
+
+
+class TcpConsole:
+    """The console on TCP (``--listen HOST:PORT``) instead of a pty, so a serial service in
+    another container reaches it as ``socket://host:port`` (pyserial). One client at a
+    time: a second connection is closed at once (a healthcheck's probe), and output while
+    nobody is connected is dropped, as on a UART with nothing attached."""
+
+    def __init__(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self.server = socket.create_server((host.strip("[]") or "0.0.0.0", int(port)))
+        self.server.setblocking(False)
+        self.conn: socket.socket | None = None
+        self.slave_name = "tcp:{}:{}".format(*self.server.getsockname()[:2])
+        self.link = listen
+        self.out = bytearray()
+        self.master = -1  # nothing to write to until a client connects
+
+    def emit(self, data: bytes) -> None:
+        if self.conn is None:
+            return
+        self.out += data
+        if len(self.out) > OUTBUF_MAX:
+            del self.out[: len(self.out) - OUTBUF_MAX]
+
+    def flush(self) -> None:
+        if self.conn is None or not self.out:
+            return
+        try:
+            sent = self.conn.send(self.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop()
+            return
+        del self.out[:sent]
+
+    def readers(self) -> list[socket.socket]:
+        return [self.server] + ([self.conn] if self.conn is not None else [])
+
+    def read_ready(self, ready: list[object]) -> bytes:
+        if self.server in ready:
+            try:
+                conn, _ = self.server.accept()
+            except BlockingIOError:
+                conn = None
+            if conn is not None and self.conn is not None:
+                conn.close()  # busy: keep the one we have
+            elif conn is not None:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.conn, self.master = conn, conn.fileno()
+        if self.conn is None or self.conn not in ready:
+            return b""
+        try:
+            data = self.conn.recv(4096)
+        except BlockingIOError:
+            return b""
+        except OSError:
+            data = b""
+        if not data:
+            self._drop()
+        return data
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn, self.master = None, -1
+        self.out.clear()
+
+    def close(self) -> None:
+        self._drop()
+        self.server.close()
 
 
 def powered(power_file: str | None) -> bool:
@@ -292,12 +373,12 @@ def storage_card(path: str, state_file: str | None) -> tuple[str, str | None]:
 
 
 def serve(args: argparse.Namespace) -> None:
-    console = PtyConsole(args.link)
+    console = TcpConsole(args.listen) if args.listen else PtyConsole(args.link)
     card = None
     if args.storage:
         card = lambda: storage_card(args.storage, args.storage_state)  # noqa: E731
     board = Board(console.emit, args.hostname, args.boot_delay, card)
-    print(f"simdut ready {console.slave_name} {args.link}", flush=True)
+    print(f"simdut ready {console.slave_name} {console.link}", flush=True)
     next_poll = 0.0
     try:
         while True:
@@ -310,12 +391,12 @@ def serve(args: argparse.Namespace) -> None:
                 next_poll = now + args.poll_interval
             board.tick(now)
             wake = min(next_poll, board.kernel_at or next_poll)
-            writers = [console.master] if console.out else []
+            writers = [console.master] if console.out and console.master >= 0 else []
             readable, writable, _ = select.select(
-                [console.master], writers, [], max(0.0, wake - time.monotonic())
+                console.readers(), writers, [], max(0.0, wake - time.monotonic())
             )
             if readable:
-                board.feed(console.read())
+                board.feed(console.read_ready(readable))
             if writable or console.out:
                 console.flush()
     finally:
@@ -324,7 +405,9 @@ def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="simdut", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--link", required=True, help="symlink to create to the pty slave")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--link", help="symlink to create to the pty slave")
+    where.add_argument("--listen", metavar="HOST:PORT", help="serve the console on TCP instead")
     parser.add_argument("--boot-delay", type=float, default=0.5, help="U-Boot to Linux, s")
     parser.add_argument("--power-file", help="boot only while this file says 'on'")
     parser.add_argument("--poll-interval", type=float, default=0.05, help="power file poll, s")

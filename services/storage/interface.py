@@ -13,7 +13,7 @@ import contextlib
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import trio
 from pydantic import field_validator
@@ -41,9 +41,8 @@ READ_MAX = 8 << 20  # bytes one read() call may return; larger dumps use the str
 
 
 class WrongSide(DriverError):
-    """The card is at the DUT: writing under a running board would corrupt it."""
-
-    code = "wrong-side"
+    """The card is at the DUT: writing under a running board would corrupt it (travels as
+    a DriverError, so every client raises a class it knows)."""
 
 
 class StorageConfig(DriverConfig):
@@ -72,7 +71,7 @@ class StorageConfig(DriverConfig):
 
 class StorageDriver(Driver):
     kind = "storage"
-    Config = StorageConfig
+    Config: ClassVar[type[DriverConfig]] = StorageConfig
     config: StorageConfig
     streams = {"upload": {"writable": True}, "dump": {"writable": False}}
 
@@ -313,6 +312,7 @@ class StorageDriver(Driver):
             sha256=written.sha256 or None,
             bytes=written.bytes,
             image_bytes=written.image_bytes,
+            source_bytes=written.source_bytes,
             compression=written.compression,
             verified=plan.verify,
             bmap=plan.bmap is not None,
@@ -466,6 +466,8 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 def _why(exc: BaseException) -> str:
     if isinstance(exc, LabError):
         return exc.message
+    if isinstance(exc, Aborted) and str(exc).startswith("the upload ended"):
+        return f"{exc} (the client went away or the lease ended)"
     if isinstance(exc, (trio.Cancelled, Aborted)):
         return "stopped before it finished (lease ended, client or broker went away)"
     if isinstance(exc, BaseExceptionGroup):

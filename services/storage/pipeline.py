@@ -222,7 +222,11 @@ class ZstdDecoder:
         self._error = zstandard.ZstdError
         dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
         tracked = _Tracked(src, self.frames)
-        self.reader = dctx.stream_reader(tracked, read_size=SOURCE_CHUNK, read_across_frames=True)
+        self.reader = dctx.stream_reader(
+            tracked,  # type: ignore[arg-type]  # any object with read(n) will do
+            read_size=SOURCE_CHUNK,
+            read_across_frames=True,
+        )
 
     def read(self, n: int) -> Any:
         try:
@@ -331,6 +335,7 @@ class Written:
     image_bytes: int  # decompressed image bytes seen
     compression: str
     spans: list[tuple[int, int, str, str | None]]  # offset, length, digest, range label
+    source_bytes: int = 0  # bytes taken from the source (what travelled, for an upload)
 
 
 class ImageWriter:
@@ -394,6 +399,7 @@ class ImageWriter:
         else:
             written = self._bmap_stream(src, dec, plan.bmap)
         written.compression = compression
+        written.source_bytes = src.consumed
         if plan.sha256 and plan.sha256.lower() != written.sha256:
             raise ImageError(
                 f"sha256 mismatch: expected {plan.sha256.lower()}, "

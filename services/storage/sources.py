@@ -30,7 +30,7 @@ def is_uri(text: str, operators: dict[str, Any] | None = None) -> bool:
     if URI_RE.match(text):
         return True
     m = NAMED_RE.match(text)
-    return bool(m) and (operators is None or m.group(1) in operators)
+    return m is not None and (operators is None or m.group(1) in operators)
 
 
 def redact(uri: str) -> str:
@@ -79,9 +79,13 @@ class RemoteSource:
         parts = urlsplit(uri)
         scheme = parts.scheme.lower()
         if scheme in ("http", "https"):
-            endpoint = f"{scheme}://{parts.netloc}"
+            host = parts.netloc.rpartition("@")[2]
+            options = {"endpoint": f"{scheme}://{host}"}
+            if parts.username:  # user:password@ in the URI: HTTP basic auth
+                options["username"] = parts.username
+                options["password"] = parts.password or ""
             path = parts.path + (f"?{parts.query}" if parts.query else "")
-            return "http", {"endpoint": endpoint}, path.lstrip("/")
+            return "http", options, path.lstrip("/")
         if scheme == "fs":
             if parts.netloc:
                 raise BadArguments(

@@ -44,6 +44,7 @@ def test_x86_board_boots_its_disk_to_login_and_powers_off_from_the_guest(
             print(f"login after {time.monotonic() - started:.2f}s")
             con.sendline("cat /etc/os-release")
             con.expect("VERSION_ID=2026.12-a", timeout=20)
+            con.expect("# ", timeout=20)  # type only at the prompt, as a person would
             assert lease.power.state() == "on"
             con.sendline("poweroff")
             con.expect("Power down", timeout=30)
@@ -87,3 +88,25 @@ def test_power_cycle_keeps_one_console_and_its_scrollback(
         assert log["end"] > first_end
         devs = {d["name"]: d for d in lab.devices(f"dut={dut}")}
         assert devs[f"{dut}-console"]["online"]  # the UART stayed connected while off
+
+
+def test_a_machine_without_qemu_gets_one_line_naming_the_package(monkeypatch) -> None:
+    import trio
+
+    from labctl.errors import DriverError
+    from labctl.services.driver import DeviceContext
+    from labctl.services.power import qemu
+
+    monkeypatch.setattr(qemu.shutil, "which", lambda name: None)
+    offline: list[tuple[bool, str]] = []
+    ctx = DeviceContext("b-power", lambda *a: None, lambda on, why: offline.append((on, why)))
+    for machine, package in (("x86_64", "qemu-system-x86"), ("aarch64", "qemu-system-arm")):
+        cfg = qemu.QemuConfig(machine=machine, disk="/nonexistent", console_port=1)
+        driver = qemu.QemuPower(ctx, cfg)
+        try:
+            trio.run(driver.set_power, True)
+        except DriverError as exc:
+            message = str(exc)
+        assert message == (
+            f"b-power: qemu-system-{machine} not found: install the Debian package {package}"
+        )

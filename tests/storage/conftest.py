@@ -9,7 +9,9 @@ import pytest
 from ..harness import LabHarness
 
 
-def storage_service(root: Path, name: str = "sd1", size: str = "300MiB", **config: Any) -> dict[str, Any]:
+def storage_service(
+    root: Path, name: str = "sd1", size: str = "300MiB", **config: Any
+) -> dict[str, Any]:
     """A mock storage service (one device, its own DUT group) whose card is ``root/NAME.card``."""
     cfg = {"path": str(root / f"{name}.card"), "size": size, "fsync": False, **config}
     return {"service": name, "kind": "storage", "driver": "mock", "name": name,

@@ -28,7 +28,9 @@ from .images import bmap_xml, compress, image_bytes
 MiB = 1 << 20
 
 
-def write(data: bytes, target: Path, size: int = 16 * MiB, **plan: object) -> tuple[object, ImageWriter]:
+def write(
+    data: bytes, target: Path, size: int = 16 * MiB, **plan: object
+) -> tuple[object, ImageWriter]:
     with open(target, "wb") as f:
         f.truncate(size)
     fd = os.open(target, os.O_RDWR)
@@ -43,10 +45,14 @@ def write(data: bytes, target: Path, size: int = 16 * MiB, **plan: object) -> tu
 
 
 @pytest.mark.parametrize("kind", ["raw", "gz", "xz", "bz2", "zst"])
-def test_each_compression_is_found_by_its_magic_bytes_and_written(kind: str, tmp_path: Path) -> None:
+def test_each_compression_is_found_by_its_magic_bytes_and_written(
+    kind: str, tmp_path: Path
+) -> None:
     image = bytes(image_bytes(8 * MiB))
     packed = compress(image, kind)
-    assert detect_compression(packed[:6]) == {"raw": "none", "gz": "gzip", "zst": "zstd"}.get(kind, kind)
+    assert detect_compression(packed[:6]) == {"raw": "none", "gz": "gzip", "zst": "zstd"}.get(
+        kind, kind
+    )
     written, _ = write(packed, tmp_path / "card", verify=True)
     assert written.sha256 == hashlib.sha256(image).hexdigest()  # type: ignore[attr-defined]
     assert (tmp_path / "card").read_bytes()[: len(image)] == image
@@ -82,14 +88,18 @@ def test_a_zstd_bomb_is_decoded_in_bounded_memory_and_refused_by_size(tmp_path: 
     bomb = b"".join(chunks.compress(zero) for _ in range(16)) + chunks.flush()
     assert len(bomb) < 64 * 1024
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(ImageError, match=r"does not fit: the target holds 16777216 bytes .* at least"):
+    with pytest.raises(
+        ImageError, match=r"does not fit: the target holds 16777216 bytes .* at least"
+    ):
         write(bomb, tmp_path / "card")
     grew_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grew_kib < 200 * 1024, f"decoding the bomb grew RSS by {grew_kib} KiB"
 
 
 def test_an_image_bigger_than_the_target_is_refused_before_writing(tmp_path: Path) -> None:
-    with pytest.raises(ImageError, match=r"target holds 1048576 bytes \(1.0 MiB\), the image is 2097152"):
+    with pytest.raises(
+        ImageError, match=r"target holds 1048576 bytes \(1.0 MiB\), the image is 2097152"
+    ):
         write(bytes(2 * MiB), tmp_path / "card", size=MiB, image_size=2 * MiB)
 
 
@@ -130,14 +140,42 @@ def test_bmap_writes_only_mapped_ranges_and_checks_each(tmp_path: Path) -> None:
         f.write(b"\xaa" * 8 * MiB)
     fd = os.open(target, os.O_RDWR)
     try:
-        w = ImageWriter(fd, 8 * MiB, WritePlan(source="t", bmap=bmap, verify=True), Progress(), threading.Event())
+        w = ImageWriter(
+            fd,
+            8 * MiB,
+            WritePlan(source="t", bmap=bmap, verify=True),
+            Progress(),
+            threading.Event(),
+        )
         written = w.run(CountingReader(io.BytesIO(compress(image, "zst")), threading.Event()))
         w.verify(written)
     finally:
         os.close(fd)
     card = target.read_bytes()
-    assert card[:4096] == image[:4096] and card[2 * MiB : 2 * MiB + 8192] == image[2 * MiB : 2 * MiB + 8192]
+    assert (
+        card[:4096] == image[:4096]
+        and card[2 * MiB : 2 * MiB + 8192] == image[2 * MiB : 2 * MiB + 8192]
+    )
     assert card[4096 : 2 * MiB] == b"\xaa" * (2 * MiB - 4096)  # unmapped: untouched
     bad = bmap_xml(image).replace(hashlib.sha256(bytes(image[:4096])).hexdigest(), "ab" * 32)
     with pytest.raises(ImageError, match=r"bmap range 0 \(bytes 0-4095\) has sha256"):
         write(bytes(image), tmp_path / "card2", bmap=parse_bmap(bad))
+
+
+def test_verify_reads_back_and_a_changed_card_fails(tmp_path: Path) -> None:
+    image = os.urandom(3 * MiB)
+    target = tmp_path / "card"
+    with open(target, "wb") as f:
+        f.truncate(8 * MiB)
+    fd = os.open(target, os.O_RDWR)
+    try:
+        w = ImageWriter(
+            fd, 8 * MiB, WritePlan(source="t", verify=True), Progress(), threading.Event()
+        )
+        written = w.run(CountingReader(io.BytesIO(image), threading.Event()))
+        w.verify(written)  # what was written reads back the same
+        os.pwrite(fd, b"\x00" * 16, MiB)  # a card that lost 16 bytes
+        with pytest.raises(ImageError, match="verify failed: bytes 0-3145727 read back"):
+            w.verify(written)
+    finally:
+        os.close(fd)

@@ -30,7 +30,9 @@ def _card(tmp_path: Path, size: int = 8 << 20) -> Path:
 
 
 @trio_test
-async def test_sdwire_switches_with_ftdi_cbus_requests_and_reads_the_side_back(tmp_path: Path) -> None:
+async def test_sdwire_switches_with_ftdi_cbus_requests_and_reads_the_side_back(
+    tmp_path: Path,
+) -> None:
     mux = FakeSdWire("sdw-1")
     cfg = {"serial": "sdw-1", "storage_device": str(_card(tmp_path)), "fsync": False}
     async with running(SdWireStorage, cfg, backend=FakeSdWireBackend([mux])) as (drv, rec):
@@ -63,14 +65,19 @@ async def test_sdwire_writes_a_compressed_image_to_its_block_device(tmp_path: Pa
 
 
 @trio_test
-async def test_sdwire_without_medium_and_the_wrong_serial_are_one_line_errors(tmp_path: Path) -> None:
+async def test_sdwire_without_medium_and_the_wrong_serial_are_one_line_errors(
+    tmp_path: Path,
+) -> None:
     mux = FakeSdWire("sdw-1")
     cfg = {"storage_device": str(tmp_path / "missing"), "storage_timeout": 0.3}
     async with running(SdWireStorage, cfg, backend=FakeSdWireBackend([mux])) as (drv, _):
         await drv.host()
         with pytest.raises(DriverError, match=r"no medium at the host within 0.3s"):
             await drv.target_path()
-    async with running(SdWireStorage, {"serial": "nope"}, backend=FakeSdWireBackend([mux])) as (drv, _):
+    async with running(SdWireStorage, {"serial": "nope"}, backend=FakeSdWireBackend([mux])) as (
+        drv,
+        _,
+    ):
         with pytest.raises(DriverError, match="no SD-Wire with serial 'nope'"):
             await drv.host()
 
@@ -83,7 +90,10 @@ async def test_sdwire_finds_its_card_reader_in_sysfs_next_to_it(tmp_path: Path) 
     (sysfs / "block/sdz/device").symlink_to(sysfs / "devices/usb1/1-2/1-2.2/host0")
     (sysfs / "block/sda").mkdir(parents=True)
     mux = FakeSdWire("sdw-1")
-    async with running(SdWireStorage, {"sysfs": str(sysfs)}, backend=FakeSdWireBackend([mux])) as (drv, _):
+    async with running(SdWireStorage, {"sysfs": str(sysfs)}, backend=FakeSdWireBackend([mux])) as (
+        drv,
+        _,
+    ):
         assert await trio_thread(drv._find_block_device) == "/dev/sdz"
 
 

@@ -34,7 +34,9 @@ def test_a_256_mib_upload_lands_on_the_card_with_the_same_sha256(
     lab = storage_lab.lab()
     seen: list[dict] = []
     with lab.lease("name=sd1") as lease:
-        result = lease.storage.write(image, sha256=image_sha256(), switch=True, progress=seen.append)
+        result = lease.storage.write(
+            image, sha256=image_sha256(), switch=True, progress=seen.append
+        )
     assert result["result"] == "good" and result["sha256"] == image_sha256()
     assert result["compression"] == {"raw": "none", "gz": "gzip", "zst": "zstd"}.get(kind, kind)
     assert card_sha256(storage_lab.root / "sd1.card", 256 * MiB) == image_sha256()
@@ -75,7 +77,9 @@ def test_writing_while_the_card_is_at_the_dut_is_refused_naming_switch(
         cli = storage_lab.run_cli("storage", "write", "sd1", str(img), "--lease", lease.id)
         assert cli.returncode != 0 and len(cli.stderr.strip().splitlines()) == 1
         assert "--switch" in cli.stderr
-        ok = storage_lab.run_cli("storage", "write", "sd1", str(img), "--switch", "--lease", lease.id)
+        ok = storage_lab.run_cli(
+            "storage", "write", "sd1", str(img), "--switch", "--lease", lease.id
+        )
         assert ok.returncode == 0, ok.stderr
 
 
@@ -89,7 +93,9 @@ def test_an_image_larger_than_the_card_is_refused_naming_both_sizes(
     img = tmp_path / "big.img"
     img.write_bytes(b"\x02" * (2 * MiB))
     with harness.lab().lease("name=tiny") as lease:
-        with pytest.raises(DriverError, match=r"card|target holds 1048576 bytes.*image is 2097152 bytes"):
+        with pytest.raises(
+            DriverError, match=r"card|target holds 1048576 bytes.*image is 2097152 bytes"
+        ):
             lease.storage.write(img, switch=True)
         assert (harness.root / "tiny.card").read_bytes() == bytes(MiB)  # nothing written
 
@@ -109,8 +115,12 @@ def test_bmap_writes_only_mapped_ranges_and_an_uncompressed_upload_sends_only_th
         f.write(b"\xaa" * (40 * MiB))  # a pattern the write must leave where nothing is mapped
     lab = storage_lab.lab()
     with lab.lease("name=sd1") as lease:
-        r = lease.storage.write(tmp_path / name, switch=True, verify=True, sha256=hashlib.sha256(image).hexdigest())
+        r = lease.storage.write(
+            tmp_path / name, switch=True, verify=True, sha256=hashlib.sha256(image).hexdigest()
+        )
     assert r["bmap"] and r["bytes"] == 8 * MiB
+    if form == "raw":
+        assert r["source_bytes"] == 8 * MiB  # only the mapped quarter crossed the bus
     data = card.read_bytes()[: 40 * MiB]
     for off in range(0, 32 * MiB, 4 * MiB):
         assert data[off : off + MiB] == image[off : off + MiB]
@@ -118,7 +128,9 @@ def test_bmap_writes_only_mapped_ranges_and_an_uncompressed_upload_sends_only_th
     assert data[32 * MiB :] == b"\xaa" * (8 * MiB)
 
 
-def test_a_corrupt_compressed_upload_names_the_byte_offset(storage_lab: LabHarness, tmp_path: Path) -> None:
+def test_a_corrupt_compressed_upload_names_the_byte_offset(
+    storage_lab: LabHarness, tmp_path: Path
+) -> None:
     packed = bytearray(compress(image_bytes(16 * MiB), "gz"))
     mid = len(packed) // 2
     packed[mid : mid + 256] = b"\x5a" * 256
@@ -127,7 +139,9 @@ def test_a_corrupt_compressed_upload_names_the_byte_offset(storage_lab: LabHarne
     with lab.lease("name=sd1") as lease:
         with pytest.raises(DriverError, match=r"corrupt gzip data at compressed byte offset \d+"):
             lease.storage.write(tmp_path / "bad.img.gz", switch=True)
-        cli = storage_lab.run_cli("storage", "write", "sd1", str(tmp_path / "bad.img.gz"), "--lease", lease.id)
+        cli = storage_lab.run_cli(
+            "storage", "write", "sd1", str(tmp_path / "bad.img.gz"), "--lease", lease.id
+        )
     assert cli.returncode != 0 and "offset" in cli.stderr
     assert lab.device("sd1").call("info")["last_write"]["result"] == "failed"
 
@@ -138,6 +152,27 @@ def test_reading_the_card_back_to_a_local_file(storage_lab: LabHarness, tmp_path
     lab = storage_lab.lab()
     with lab.lease("name=sd1") as lease:
         lease.storage.write(img, switch=True)
-        out = storage_lab.run_cli("storage", "read", "sd1", str(tmp_path / "dump"), "--size", "1000000")
+        out = storage_lab.run_cli(
+            "storage", "read", "sd1", str(tmp_path / "dump"), "--size", "1000000"
+        )
         assert out.returncode == 0, out.stderr
     assert (tmp_path / "dump").read_bytes() == img.read_bytes()[:1_000_000]
+    refused = storage_lab.run_cli("storage", "read", "sd1", str(tmp_path / "dump2"))
+    assert refused.returncode != 0 and "is at off, not the host" in refused.stderr
+
+
+def test_the_cli_prints_plain_progress_lines_when_not_on_a_terminal(
+    harness: LabHarness, tmp_path: Path
+) -> None:
+    from .conftest import storage_service
+
+    harness.start_broker()
+    harness.start_service(storage_service(harness.root, write_rate="16MiB"))  # a slow card
+    img = tmp_path / "slow.img"
+    img.write_bytes(b"\x03" * (32 * MiB))
+    out = harness.run_cli("storage", "flash", "sd1", str(img))
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("write")]
+    assert 1 <= len(lines) <= 4, out.stderr  # at most one a second, no carriage returns
+    assert "%" in lines[-1] and "MiB/s" in lines[-1] and "\r" not in out.stderr
+    assert "card at dut" in out.stdout

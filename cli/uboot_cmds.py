@@ -1,0 +1,108 @@
+"""``labctl uboot run|env``: a board's U-Boot prompt, one command at a time."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from .commands import lease_option
+from .main import broker_option, lab_from, main
+
+
+@main.group()
+def uboot() -> None:
+    """A board's U-Boot: run commands, read and set its environment.
+
+    DUT is a board's dut label (or a label query). Each call power-cycles the board into
+    the prompt unless --no-cycle (the board already sits there) and leaves it at the
+    prompt, powered on.
+    """
+
+
+def uboot_options(fn: Any) -> Any:
+    for option in reversed([
+        click.option("--prompt", default="=>", show_default=True, help="U-Boot's prompt."),
+        click.option("--no-cycle", is_flag=True,
+                     help="Attach to a board already at the prompt (no power cycle)."),
+        click.option("--timeout", type=float, default=60.0, show_default=True,
+                     help="Seconds to reach the prompt and for each command."),
+        lease_option,
+        broker_option,
+    ]):  # fmt: skip
+        fn = option(fn)
+    return fn
+
+
+@contextmanager
+def prompt_on(
+    dut: str, lease_id: str | None, broker: str | None, prompt: str, no_cycle: bool, timeout: float
+) -> Iterator[Any]:
+    """The board's U-Boot, in the given lease or a temporary one released without a reset."""
+    selector = dut if ("=" in dut or "," in dut) else f"dut={dut}"
+    with lab_from(broker) as lab:
+        lease = lab.attach(lease_id) if lease_id else lab.lease(selector, duration="1h")
+        try:
+            with lease.uboot(prompt=prompt, cycle=not no_cycle, timeout=timeout) as ub:
+                yield ub
+        finally:
+            if not lease_id:
+                lease.release(reset=False)  # leave the board at the prompt
+
+
+@uboot.command("run")
+@click.argument("dut")
+@click.argument("command")
+@uboot_options
+def uboot_run(
+    dut: str,
+    command: str,
+    prompt: str,
+    no_cycle: bool,
+    timeout: float,
+    lease_id: str | None,
+    broker: str | None,
+) -> None:
+    """Run COMMAND at DUT's U-Boot prompt; print its output, exit with its status."""
+    with prompt_on(dut, lease_id, broker, prompt, no_cycle, timeout) as ub:
+        status, output = ub.run_status(command, timeout)
+    click.echo(output, nl=False)
+    sys.exit(0 if status == 0 else 1)
+
+
+@uboot.command("env")
+@click.argument("dut")
+@click.argument("assignment", required=False, metavar="[KEY[=VALUE]]")
+@click.option("--save", is_flag=True, help="Run saveenv after setting.")
+@uboot_options
+def uboot_env(
+    dut: str,
+    assignment: str | None,
+    save: bool,
+    prompt: str,
+    no_cycle: bool,
+    timeout: float,
+    lease_id: str | None,
+    broker: str | None,
+) -> None:
+    """Print the environment, KEY's value, or set KEY=VALUE (KEY= deletes it)."""
+    with prompt_on(dut, lease_id, broker, prompt, no_cycle, timeout) as ub:
+        if assignment is None:
+            for key, value in ub.printenv().items():
+                click.echo(f"{key}={value}")
+            return
+        key, eq, value = assignment.partition("=")
+        if not eq:
+            found = ub.getenv(key)
+            if found is None:
+                click.echo(f"error: {key} is not set", err=True)
+                sys.exit(1)
+            click.echo(found)
+            return
+        ub.setenv(key, value if value else None)
+        if save:
+            ub.run_checked("saveenv", timeout)
+        click.echo(f"{key}={value}" if value else f"{key} deleted")

@@ -1,0 +1,60 @@
+"""`labctl lab up --example qemu`: two QEMU boards, each power + console + storage."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from labctl.cli.lab_up import load_lab
+from labctl.lab import Lab
+
+from ..harness import free_port, wait_until
+from .conftest import BOOT_TIMEOUT, need_qemu
+from .test_power_qemu import login
+
+
+def test_the_qemu_example_lab_flashes_and_boots_its_x86_board(workdir, images) -> None:
+    need_qemu("x86_64")
+    need_qemu("aarch64")
+    # The shipped file, with free ports instead of its fixed ones (5550/5551, 5560/5561).
+    shown = subprocess.run([sys.executable, "-m", "labctl.cli", "lab", "example", "qemu"],
+                           capture_output=True, text=True, timeout=30, check=True).stdout  # fmt: skip
+    run = workdir / "state" / "run"
+    assert load_lab(None, run, "qemu")["services"][0]["config"]["console_port"] == 5560
+    text = shown.replace("5560", str(free_port())).replace("5561", str(free_port()))
+    (workdir / "lab.yaml").write_text(text)
+    bus = f"ipc://{workdir}/bus"
+    argv = [sys.executable, "-m", "labctl.cli", "lab", "up", str(workdir / "lab.yaml"),
+            "--bus", bus, "--events", f"ipc://{workdir}/ev", "--state", str(workdir / "state"),
+            "--dashboard", "off"]  # fmt: skip
+    log = open(workdir / "lab.log", "wb")  # noqa: SIM115
+    up = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    lab = Lab(bus, timeout=10)
+    try:
+        expected = sorted(f"qemu-{b}-01-{k}" for b in ("x86", "arm")
+                          for k in ("console", "power", "storage"))  # fmt: skip
+
+        def online() -> list[str]:
+            try:
+                return sorted(d["name"] for d in lab.devices("site=sim") if d["online"])
+            except Exception:
+                return []
+
+        wait_until(lambda: online() == expected, 60, "the QEMU example lab")
+        assert {d["labels"]["arch"] for d in lab.devices("kind=power")} == {"x86_64", "aarch64"}
+        with lab.lease("dut=qemu-x86-01") as lease:
+            lease.storage.flash(f"{images('x86_64', '2026.12-a')}.zst")
+            with lease.serial.console() as con:
+                lease.power.on()
+                login(con, BOOT_TIMEOUT)
+                con.sendline("grep VERSION_ID /etc/os-release")
+                con.expect("VERSION_ID=2026.12-a", timeout=20)
+        up.send_signal(signal.SIGINT)
+        assert up.wait(30) == 0
+    finally:
+        lab.close()
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        log.close()
