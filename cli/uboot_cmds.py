@@ -18,8 +18,9 @@ def uboot() -> None:
     """A board's U-Boot: run commands, read and set its environment.
 
     DUT is a board's dut label (or a label query). Each call power-cycles the board into
-    the prompt unless --no-cycle (the board already sits there) and leaves it at the
-    prompt, powered on.
+    the prompt, unless --no-cycle (the board already sits there). Without --lease the
+    board is leased for the call and switched off after it (U-Boot idling at its prompt
+    keeps a CPU busy); hold a lease (LABCTL_LEASE) for a session of several calls.
     """
 
 
@@ -41,7 +42,7 @@ def uboot_options(fn: Any) -> Any:
 def prompt_on(
     dut: str, lease_id: str | None, broker: str | None, prompt: str, no_cycle: bool, timeout: float
 ) -> Iterator[Any]:
-    """The board's U-Boot, in the given lease or a temporary one released without a reset."""
+    """The board's U-Boot, in the given lease or a temporary one (reset when released)."""
     selector = dut if ("=" in dut or "," in dut) else f"dut={dut}"
     with lab_from(broker) as lab:
         lease = lab.attach(lease_id) if lease_id else lab.lease(selector, duration="1h")
@@ -50,7 +51,7 @@ def prompt_on(
                 yield ub
         finally:
             if not lease_id:
-                lease.release(reset=False)  # leave the board at the prompt
+                lease.release()  # its power off: a board left at the prompt burns a core
 
 
 @uboot.command("run")

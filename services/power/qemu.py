@@ -112,6 +112,9 @@ class QemuPower(PowerDriver):
         self._uart: trio.SocketStream | None = None
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()
+        # one sender per direction: a power cycle may overlap an old pump with a new one
+        self._to_uart = trio.Lock()
+        self._to_board = trio.Lock()
         self._missing = self._missing_packages()
 
     # -- what is installed ---------------------------------------------------------------
@@ -179,8 +182,11 @@ class QemuPower(PowerDriver):
             async for data in stream:
                 run = self._run
                 if run is not None and run.console is not None:
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await run.console.send_all(data)
+                    async with self._to_board:
+                        with contextlib.suppress(
+                            trio.BrokenResourceError, trio.ClosedResourceError
+                        ):
+                            await run.console.send_all(data)
                 # board off: typing into a dead UART goes nowhere
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -190,10 +196,11 @@ class QemuPower(PowerDriver):
 
     async def _board_to_uart(self, console: trio.SocketStream) -> None:
         async for data in console:
-            uart = self._uart
-            if uart is not None:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await uart.send_all(data)
+            async with self._to_uart:
+                uart = self._uart
+                if uart is not None:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await uart.send_all(data)
 
     # -- QEMU ----------------------------------------------------------------------------
     def _card_present(self) -> bool:
@@ -241,6 +248,7 @@ class QemuPower(PowerDriver):
                 start_new_session=True,
             )
         except OSError as exc:
+            listener.close()
             shutil.rmtree(workdir, ignore_errors=True)
             raise DriverError(f"{self.name}: cannot run {argv[0]}: {exc}") from exc
         finally:
@@ -320,7 +328,7 @@ class QemuPower(PowerDriver):
             await trio.sleep(MUX_POLL)
             try:
                 side = self.config.mux_file.read_text().strip()
-            except FileNotFoundError:
+            except OSError:  # gone (or unreadable): no card at the DUT
                 side = "off"
             if side != "dut":
                 break

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 from ..harness import LabHarness, wait_until
-from .conftest import BOOT_TIMEOUT
+from .conftest import BOOT_TIMEOUT, need_qemu
 
 
 def login(con, timeout: float = BOOT_TIMEOUT) -> None:
@@ -110,3 +111,73 @@ def test_a_machine_without_qemu_gets_one_line_naming_the_package(monkeypatch) ->
         assert message == (
             f"b-power: qemu-system-{machine} not found: install the Debian package {package}"
         )
+
+
+def test_qemu_dies_with_its_power_service_even_on_kill_9(harness: LabHarness, board) -> None:
+    import os
+    import signal
+
+    dut = board("x86_64", storage=False)
+    disk = harness.root / f"{dut}.disk"
+    disk.write_bytes(bytes(1 << 20))  # a card with nothing bootable: only the process matters
+    (harness.root / f"{dut}.mux").write_text("dut\n")
+    lab = harness.lab(timeout=10)
+    with lab.lease(f"dut={dut}") as lease:
+        lease.power.on()
+        qemu_pid = next(
+            int(proc.name)
+            for proc in Path("/proc").iterdir()
+            if proc.name.isdigit() and str(disk) in _cmdline(proc)
+        )
+        service_pid = int(Path(f"/proc/{qemu_pid}/stat").read_text().split()[3])
+        assert "labctl" in _cmdline(Path(f"/proc/{service_pid}"))
+        os.kill(service_pid, signal.SIGKILL)
+
+        def gone() -> bool:
+            try:
+                os.kill(qemu_pid, 0)
+            except ProcessLookupError:
+                return True
+            return Path(f"/proc/{qemu_pid}/stat").read_text().split()[2] == "Z"
+
+        wait_until(gone, 10, "QEMU to die with its service")
+        lease.release(reset=False)
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_qemu_failing_at_start_is_one_line_with_its_error(tmp_path: Path) -> None:
+    import trio
+
+    from labctl.errors import DriverError
+    from labctl.services.driver import DeviceContext
+    from labctl.services.power import qemu
+
+    from ..harness import free_port
+
+    need_qemu("x86_64")
+    ctx = DeviceContext("b-power", lambda *a: None, lambda *a: None)
+    cfg = qemu.QemuConfig(
+        disk=tmp_path / "none.disk", console_port=free_port(), extra_args=["-no-such-option"]
+    )
+    driver = qemu.QemuPower(ctx, cfg)
+
+    async def main() -> str:
+        async with trio.open_nursery() as nursery:
+            await driver.start(nursery)
+            try:
+                await driver.set_power(True)
+            except DriverError as exc:
+                return str(exc)
+            finally:
+                nursery.cancel_scope.cancel()
+        return "no error"
+
+    assert trio.run(main) == (
+        "b-power: QEMU exited at start: qemu-system-x86_64: -no-such-option: invalid option"
+    )

@@ -43,19 +43,25 @@ def test_uboot_cli_runs_commands_and_sets_the_environment(
     dut = board("aarch64", storage=False)
     put_card(harness, dut, images("aarch64", "2026.12-u"))
 
-    def cli(*args: str):
-        return harness.run_cli("uboot", *args, timeout=BOOT_TIMEOUT + 30)
+    def cli(*args: str, lease: str = ""):
+        env = {"LABCTL_LEASE": lease} if lease else {}
+        return harness.run_cli("uboot", *args, env=env, timeout=BOOT_TIMEOUT + 30)
 
-    shown = cli("run", dut, "printenv bootcmd")
+    shown = cli("run", dut, "printenv bootcmd")  # a one-shot lease: the board ends off
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == "bootcmd=run distro_bootcmd\n"
-    # the board stays at the prompt: --no-cycle attaches to it
-    set_ = cli("env", dut, "labctl_k=v w")
-    assert set_.returncode == 0 and set_.stdout == "labctl_k=v w\n", set_.stderr
-    got = cli("env", "--no-cycle", dut, "labctl_k")
-    assert got.returncode == 0 and got.stdout == "v w\n", got.stderr
-    assert "labctl_k=v w\n" in cli("env", "--no-cycle", dut).stdout
-    assert cli("env", "--no-cycle", dut, "labctl_k=").stdout == "labctl_k deleted\n"
-    missing = cli("env", "--no-cycle", dut, "labctl_k")
-    assert missing.returncode == 1 and "labctl_k is not set" in missing.stderr
-    assert cli("run", "--no-cycle", dut, "false").returncode == 1
+    lab = harness.lab(timeout=10)
+    assert lab.device(f"{dut}-power").call("state") == "off"
+
+    # a session in a held lease: the board stays at the prompt, --no-cycle attaches to it
+    with lab.lease(f"dut={dut}") as lease:
+        set_ = cli("env", dut, "labctl_k=v w", lease=lease.id)
+        assert set_.returncode == 0 and set_.stdout == "labctl_k=v w\n", set_.stderr
+        got = cli("env", "--no-cycle", dut, "labctl_k", lease=lease.id)
+        assert got.returncode == 0 and got.stdout == "v w\n", got.stderr
+        assert "labctl_k=v w\n" in cli("env", "--no-cycle", dut, lease=lease.id).stdout
+        deleted = cli("env", "--no-cycle", dut, "labctl_k=", lease=lease.id)
+        assert deleted.stdout == "labctl_k deleted\n"
+        missing = cli("env", "--no-cycle", dut, "labctl_k", lease=lease.id)
+        assert missing.returncode == 1 and "labctl_k is not set" in missing.stderr
+        assert cli("run", "--no-cycle", dut, "false", lease=lease.id).returncode == 1
