@@ -57,10 +57,6 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-
-
 def summary(samples: list[dict[str, float]]) -> dict[str, float]:
     return {
         f"{k}_{stat}": round(fn([s[k] for s in samples]), 1)
@@ -105,12 +101,10 @@ def under_lab_up(root: Path, count: int) -> tuple[list[dict[str, float]], list[s
         time.sleep(1.0)
         samples, names = [], []
         for pid in descendants(up.pid):
-            line = cmdline(pid)
-            if "broker run" in line:
-                continue
-            if "pdu" in line or "labctl.services" in line:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            if comm.startswith("svc:"):  # forked services (the fork server itself is not one)
                 samples.append(smaps(pid))
-                names.append(line[-60:])
+                names.append(comm)
         return samples, names
     finally:
         up.send_signal(signal.SIGINT)

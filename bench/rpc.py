@@ -5,26 +5,36 @@
 Floor: a blocking pyzmq DEALER client -> a blocking ROUTER forwarder process -> a
 blocking DEALER "service" process that answers msgpack, the least any broker design can
 cost on this machine. labctl: the sync SDK -> broker -> mock power service, `state()`.
-Also the wall time of `labctl power on DEVICE` (one-shot: lease, call, release) and of
-`labctl --help`.
+Rounds of floor and labctl calls alternate; the ratio is taken per round and its median
+reported beside the pooled p50s. Then, in a batch of its own, cProfile counts the Python
+function calls per RPC in the client, the broker and the service (the broker and service
+run under bench/profiled.py, switched on and off by signals). Also the wall time of
+`labctl power on DEVICE` (one-shot: lease, call, release) and of `labctl --help`.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import zmq
 from common import new_lab, percentiles
 
-from tests.harness import free_port, power_service
+from tests.harness import Proc, free_port, power_service, wait_until
+
+PROFILED = [sys.executable, str(Path(__file__).resolve().parent / "profiled.py")]
 
 
 def floor_router(front: str) -> None:
@@ -87,19 +97,61 @@ class Floor:
             p.wait()
 
 
-def interleaved(calls: int, a: Any, b: Any, batch: int = 250) -> tuple[list[float], list[float]]:
-    """Time ``calls`` calls of each, alternating batches, so both see the same noise."""
+def interleaved(
+    calls: int, a: Any, b: Any, batch: int = 250
+) -> tuple[list[float], list[float], list[float]]:
+    """Time ``calls`` calls of each, alternating batches, so both see the same noise; also
+    the p50 ratio b/a of each round."""
     out: tuple[list[float], list[float]] = ([], [])
+    ratios: list[float] = []
     for fn in (a, b):  # warm up
         for _ in range(300):
             fn()
     for _ in range(max(1, calls // batch)):
-        for fn, samples in ((a, out[0]), (b, out[1])):
+        rounds: tuple[list[float], list[float]] = ([], [])
+        for fn, samples in ((a, rounds[0]), (b, rounds[1])):
             for _ in range(batch):
                 t0 = time.perf_counter()
                 fn()
                 samples.append(time.perf_counter() - t0)
-    return out
+        out[0].extend(rounds[0])
+        out[1].extend(rounds[1])
+        ratios.append(statistics.median(rounds[1]) / statistics.median(rounds[0]))
+    return out[0], out[1], ratios
+
+
+def start_profiled(h: Any, name: str, argv: list[str]) -> tuple[Proc, Path]:
+    """A labctl process (``-m module args``) under bench/profiled.py; its stats file."""
+    stats = h.root / f"{name}.prof"
+    proc = Proc([*PROFILED, str(stats), *argv], h.root / f"{name}.log", h.env).start()
+    h.procs.append(proc)
+    return proc, stats
+
+
+def calls_per_rpc(fn: Any, n: int, procs: dict[str, tuple[Proc, Path]]) -> dict[str, float]:
+    """Function calls per ``fn()`` in this process and in each profiled process."""
+    for proc, _ in procs.values():
+        os.kill(proc.pid, signal.SIGUSR1)
+    time.sleep(0.3)  # the handlers run when each process next wakes (a heartbeat at most)
+    fn()  # wakes them all
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        fn()
+    prof.disable()
+    for proc, stats in procs.values():
+        stats.unlink(missing_ok=True)
+        os.kill(proc.pid, signal.SIGUSR2)
+    out = {"client": pstats.Stats(prof).total_calls / n}  # type: ignore[attr-defined]
+    if os.environ.get("LABCTL_BENCH_PROFILES"):
+        prof.dump_stats(Path(os.environ["LABCTL_BENCH_PROFILES"]) / "client.prof")
+    for name, (_, stats) in procs.items():
+        wait_until(stats.exists, 10, f"{name} profile")
+        time.sleep(0.1)  # written in one go; let it finish
+        out[name] = pstats.Stats(str(stats)).total_calls / (n + 1)  # type: ignore[attr-defined]
+        if os.environ.get("LABCTL_BENCH_PROFILES"):  # keep them: pstats / snakeviz
+            shutil.copy(stats, Path(os.environ["LABCTL_BENCH_PROFILES"]) / stats.name)
+    return {k: round(v, 1) for k, v in out.items()}
 
 
 def run(calls: int, transport: str) -> dict[str, Any]:
@@ -111,11 +163,19 @@ def run(calls: int, transport: str) -> dict[str, Any]:
     floor = Floor(address)
     h = new_lab(transport)
     try:
-        h.start_broker()
-        h.start_service(power_service("bench", outlets=1))
+        broker = start_profiled(h, "broker", [
+            "-m", "labctl.cli", "broker", "run", "--bus", h.bus, "--events", h.events,
+            "--state", str(h.root / "state"), "--heartbeat", str(h.heartbeat),
+            "--lease-grace", h.grace])  # fmt: skip
         lab = h.lab(timeout=10)
+        wait_until(lambda: _answers(lab), 15, "the broker to answer")
+        config = h.write_config(power_service("bench", outlets=1))
+        service = start_profiled(h, "service", ["-m", "labctl.services", str(config)])
+        h.wait_online(["bench.1"])
         dev = lab.device("bench.1")
-        floor_s, ours_s = interleaved(calls, floor.call, dev.state)
+        floor_s, ours_s, ratios = interleaved(calls, floor.call, dev.state)
+        # LABCTL_BENCH_PROFILES=DIR keeps the three profiles
+        per_rpc = calls_per_rpc(dev.state, 1000, {"broker": broker, "service": service})
         env = dict(os.environ, LABCTL_BROKER=h.bus)
         labctl = shutil.which("labctl") or "labctl"
         power = min(_wall([labctl, "power", "on", "bench.1"], env) for _ in range(5))
@@ -123,6 +183,8 @@ def run(calls: int, transport: str) -> dict[str, Any]:
         return {
             "floor": percentiles(floor_s),
             "labctl": percentiles(ours_s),
+            "round_ratios": ratios,
+            "calls_per_rpc": per_rpc,
             "power": power,
             "help": help_,
         }
@@ -130,6 +192,14 @@ def run(calls: int, transport: str) -> dict[str, Any]:
         floor.close()
         h.close()
         shutil.rmtree(h.root, ignore_errors=True)
+
+
+def _answers(lab: Any) -> bool:
+    try:
+        lab.client.call("hello", timeout=0.5)
+        return True
+    except Exception:
+        return False
 
 
 def _wall(argv: list[str], env: dict[str, str]) -> float:
@@ -157,14 +227,18 @@ def main() -> None:
         "floor": floor,
         "labctl": ours,
         "ratio_p50": ours["p50_us"] / floor["p50_us"],
+        "ratio_p50_round_median": statistics.median(r["round_ratios"]),
         "ratio_p99": ours["p99_us"] / floor["p99_us"],
+        "calls_per_rpc": r["calls_per_rpc"],
         "labctl_power_on_wall_ms": power_on * 1000,
         "labctl_help_wall_ms": help_ * 1000,
     }
     print(json.dumps(result, indent=2))
     print(
         f"RPC p50 floor {floor['p50_us']:.0f} us, labctl {ours['p50_us']:.0f} us "
-        f"(ratio {result['ratio_p50']:.2f}, target <= 1.5); p99 {floor['p99_us']:.0f} / {ours['p99_us']:.0f} us; "
+        f"(ratio {result['ratio_p50']:.2f}, per-round median "
+        f"{result['ratio_p50_round_median']:.2f}, target <= 1.5); calls per RPC "
+        f"{r['calls_per_rpc']}; p99 {floor['p99_us']:.0f} / {ours['p99_us']:.0f} us; "
         f"`labctl power on` {power_on * 1000:.0f} ms (target < 250); `labctl --help` {help_ * 1000:.0f} ms (target < 150)"
     )
 

@@ -1,26 +1,61 @@
 """Broker calls: what clients ask the broker itself (queries, leases, health, journal).
 
 Each handler takes the caller's routing id, the request id and keyword arguments and
-returns a msgpack-able result, or ``None`` when the reply comes later (a queued lease).
+returns a msgpack-able result, or ``LATER`` when it replies itself (a lease grant once it
+is committed, a queued lease, a journal query on the store thread). Who is calling is the
+connection's identity (``peers.Peers``), never an argument: the ``holder`` and ``who`` that
+older SDKs send are ignored.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from labctl import protocol
-from labctl.errors import BadArguments, BadRequest, DeviceNotFound
+from labctl.errors import BadArguments, BadRequest, DeviceNotFound, LabError
 from labctl.protocol import Message
 from labctl.selector import parse
 
-if TYPE_CHECKING:
-    from .server import Broker
+from .events import EventHub
+from .leases import LeaseTable
+from .outbox import Outbox
+from .peers import Peers
+from .registry import Registry
+from .store_thread import StoreThread
+
+LATER = object()
+
+#: identity arguments older SDKs send; the connection says who is calling instead
+IGNORED = {
+    "lease.acquire": "holder",
+    "lease.release": "who",
+    "lease.extend": "who",
+    "health": "who",
+}
+#: calls whose reply waits until what they changed is committed
+DURABLE = frozenset({"lease.release", "lease.extend", "health"})
 
 
 class BrokerCalls:
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        registry: Registry,
+        leases: LeaseTable,
+        outbox: Outbox,
+        store: StoreThread,
+        peers: Peers,
+        hub: Callable[[], EventHub],
+        welcome: Callable[[], protocol.Welcome],
+    ) -> None:
+        self.registry = registry
+        self.leases = leases
+        self.outbox = outbox
+        self.store = store
+        self.peers = peers
+        self.hub = hub
+        self.welcome = welcome
         self.table: dict[str, Any] = {
             "hello": self.hello,
             "devices": self.devices,
@@ -44,61 +79,94 @@ class BrokerCalls:
         if fn is None:
             raise BadRequest(f"the broker has no call {name!r}; it has {', '.join(self.table)}")
         kwargs = call.kwargs()
+        if name in IGNORED:
+            kwargs.pop(IGNORED[name], None)
         try:
             result = fn(ident, rid, **kwargs)
         except TypeError as exc:
             raise BadArguments(f"broker call {name}: {exc}") from None
-        if result is not _LATER:
-            self.broker.send(ident, protocol.Reply(rid, result).to_frames())
+        if result is LATER:
+            return
+        frames = protocol.Reply(rid, result).to_frames()
+        if name in DURABLE:
+            self.store.after_writes(lambda: self._send(ident, frames))
+        else:
+            self.outbox.send(ident, frames)
+
+    def _send(self, ident: bytes, frames: list[Any]) -> None:
+        self.outbox.send(ident, frames)
+
+    def _later(self, ident: bytes, rid: Any) -> Callable[[Any], None]:
+        """A ``then`` for a store job: reply with its result, or with the error it raised."""
+
+        def reply(result: Any) -> None:
+            if isinstance(result, Exception):
+                err = result if isinstance(result, LabError) else LabError(f"store: {result}")
+                self.outbox.send(ident, protocol.Error.of(err, rid).to_frames())
+            else:
+                self.outbox.send(ident, protocol.Reply(rid, result).to_frames())
+
+        return reply
 
     # -- discovery ----------------------------------------------------------------------
     def hello(self, ident: bytes, rid: Any) -> dict[str, Any]:
-        return self.broker.welcome().as_dict()
+        return self.welcome().as_dict()
 
     def devices(self, ident: bytes, rid: Any, selector: str = "") -> list[dict[str, Any]]:
-        leases = self.broker.leases
+        leases = self.leases
         return [
             d.summary(leases.holder_of(d), leases.ref_of_device(d))
-            for d in self.broker.registry.query(parse(selector))
+            for d in self.registry.query(parse(selector))
         ]
 
     def device(self, ident: bytes, rid: Any, name: str) -> dict[str, Any]:
-        dev = self.broker.registry.devices.get(name)
+        dev = self.registry.devices.get(name)
         if dev is None:
             raise DeviceNotFound(f"no device named {name!r}", {"device": name})
-        leases = self.broker.leases
-        out = dev.summary(leases.holder_of(dev), leases.ref_of_device(dev))
+        out = dev.summary(self.leases.holder_of(dev), self.leases.ref_of_device(dev))
         out["interface"] = dev.interface
         out["on_release"] = dev.on_release
         return out
 
     def events(
         self, ident: bytes, rid: Any, since: float = 3600.0, topic: str = "*", limit: int = 1000
-    ) -> list[dict[str, Any]]:
-        """Journal rows newer than ``since`` seconds ago whose topic matches the glob."""
-        rows = self.broker.store.events_since(time.time() - float(since), str(topic), int(limit))
-        return [
-            {"seq": seq, "ts": ts, "topic": t, "body": _body(body)} for seq, ts, t, body in rows
-        ]
+    ) -> object:
+        """Journal rows newer than ``since`` seconds ago whose topic matches the glob (on the
+        store thread, after the events buffered so far are written)."""
+        since_ts, topic, limit = time.time() - float(since), str(topic), int(limit)
+        self.hub().flush()
+        reply = self._later(ident, rid)
+
+        def rows(found: Any) -> None:
+            if not isinstance(found, Exception):
+                found = [
+                    {"seq": seq, "ts": ts, "topic": t, "body": _body(body)}
+                    for seq, ts, t, body in found
+                ]
+            reply(found)
+
+        self.store.submit(self.store.store.events_since, since_ts, topic, limit, then=rows)
+        return LATER
 
     def sync(self, ident: bytes, rid: Any, token: str) -> bool:
         """Publish ``sync.<token>`` (not journaled) so a subscriber knows it is connected."""
-        self.broker.events_hub.publish_raw(f"sync.{token}", protocol.pack(None), journal=False)
+        self.outbox.publish_raw(f"sync.{token}", protocol.pack(None), journal=False)
         return True
 
     def health(
-        self, ident: bytes, rid: Any, name: str, health: str, reason: str = "", who: str = "?"
+        self, ident: bytes, rid: Any, name: str, health: str, reason: str = ""
     ) -> dict[str, Any]:
-        return self.broker.leases.set_health(name, health, reason, who)
+        return self.leases.set_health(name, health, reason, self.peers.identity(ident))
 
-    def audit(self, ident: bytes, rid: Any, limit: int = 100) -> list[dict[str, Any]]:
-        return self.broker.store.audit_rows(int(limit))
+    def audit(self, ident: bytes, rid: Any, limit: int = 100) -> object:
+        self.store.submit(self.store.store.audit_rows, int(limit), then=self._later(ident, rid))
+        return LATER
 
     # -- leases -------------------------------------------------------------------------
-    def lease_acquire(self, ident: bytes, rid: Any, **args: Any) -> Any:
+    def lease_acquire(self, ident: bytes, rid: Any, **args: Any) -> object:
         """Arguments as LeaseTable.acquire; an unknown one is bad-arguments (TypeError)."""
-        result = self.broker.leases.acquire(ident, rid, **args)
-        return _LATER if result is None else result
+        self.leases.acquire(ident, rid, self.peers.identity(ident), **args)
+        return LATER
 
     def lease_release(
         self,
@@ -108,10 +176,9 @@ class BrokerCalls:
         force: bool = False,
         reason: str = "",
         reset: bool = True,
-        who: str = "?",
     ) -> dict[str, Any]:
         """Release by id (the holder); an admin may force it by public ref, with a reason."""
-        leases = self.broker.leases
+        leases = self.leases
         if force and not reason:
             raise BadRequest("a forced release needs a reason (--reason TEXT)")
         if id in leases.leases:
@@ -124,40 +191,34 @@ class BrokerCalls:
                 f"{id} is a lease's public ref; its holder releases it by id, "
                 "or force it with --force --reason TEXT"
             )
+        who = self.peers.identity(ident)
         leases.end(lease.id, "forced" if force else "released", who=who, reset=reset, why=reason)
         return {"ref": lease.ref, "released": True}
 
-    def lease_extend(
-        self, ident: bytes, rid: Any, id: str, duration: float, who: str = "?"
-    ) -> dict[str, Any]:
-        return self.broker.leases.extend(id, duration, who)
+    def lease_extend(self, ident: bytes, rid: Any, id: str, duration: float) -> dict[str, Any]:
+        return self.leases.extend(id, duration, self.peers.identity(ident))
 
     def lease_keepalive(self, ident: bytes, rid: Any, ids: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for lease_id in ids:
             try:
-                out[lease_id] = self.broker.leases.keepalive(lease_id)
+                out[lease_id] = self.leases.keepalive(lease_id)
             except Exception as exc:
                 out[lease_id] = {"error": str(exc)}
         return out
 
     def lease_list(self, ident: bytes, rid: Any) -> dict[str, Any]:
-        leases = self.broker.leases
-        queued = [
-            {"position": i, "selector": w.selector, "holder": w.holder, "since": w.queued_at}
-            for i, w in enumerate(leases.queue, 1)
-        ]
-        return {"leases": [lease.public() for lease in leases.leases.values()], "queue": queued}
+        leases = self.leases
+        return {
+            "leases": [lease.public() for lease in leases.leases.values()],
+            "queue": leases.queue.listing(),
+        }
 
     def lease_show(self, ident: bytes, rid: Any, id: str) -> dict[str, Any]:
         """By id: the holder's view; by public ref: what anyone may see."""
-        leases = self.broker.leases
-        if id in leases.leases:
-            return leases.describe(id)
-        return leases.by_ref(id).public()
-
-
-_LATER = object()
+        if id in self.leases.leases:
+            return self.leases.describe(id)
+        return self.leases.by_ref(id).public()
 
 
 def _body(raw: bytes) -> Any:

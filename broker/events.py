@@ -14,35 +14,48 @@ from typing import Any
 
 import zmq
 
-from labctl import protocol
+from labctl import multipart, protocol
 
 from .store import Store
+from .store_thread import StoreThread
 
 
 class EventHub:
-    def __init__(self, sock: zmq.Socket, store: Store) -> None:
+    """Publishes on the XPUB socket and buffers journal rows for the store thread."""
+
+    def __init__(self, sock: zmq.Socket, store: StoreThread) -> None:
         self.sock = sock
         self.store = store
-        self.seq = max(store.last_seq(), store.seq_ceiling())
-        self.ceiling = store.reserve_seq(self.seq)
+        db: Store = store.store
+        self.seq = max(db.last_seq(), db.seq_ceiling())  # at start, before the thread runs
+        self.ceiling = self.seq + Store.SEQ_BLOCK
+        store.submit(db.reserve_seq, self.seq)
+        self._rows: list[tuple[int, float, str, bytes]] = []
+
+    def flush(self) -> None:
+        """Hand the buffered journal rows to the store thread (each tick, before a query)."""
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self.store.submit(self.store.store.insert_events, rows)
 
     def publish_raw(self, topic: str, body: Any, journal: bool = True) -> int:
         """Publish a body that is already msgpack (bytes or a zmq.Frame)."""
         if not journal:
             event = protocol.Published(0, time.time(), topic, body)
             with contextlib.suppress(zmq.Again):
-                self.sock.send_multipart(event.to_frames(), zmq.NOBLOCK)
+                multipart.send(self.sock, event.to_frames(), multipart.NOBLOCK)
             return 0
         self.seq += 1
         if self.seq >= self.ceiling:
-            self.ceiling = self.store.reserve_seq(self.seq)
+            self.ceiling = self.seq + Store.SEQ_BLOCK
+            self.store.submit(self.store.store.reserve_seq, self.seq)
         raw = body.bytes if hasattr(body, "bytes") else bytes(body)
         event = protocol.Published(self.seq, time.time(), topic, raw)
         try:
-            self.sock.send_multipart(event.to_frames(), zmq.NOBLOCK)
+            multipart.send(self.sock, event.to_frames(), multipart.NOBLOCK)
         except zmq.Again:
             pass  # no subscriber can take it now; the journal still has it
-        self.store.add_event(self.seq, event.ts, topic, raw)
+        self._rows.append((self.seq, event.ts, topic, raw))
         return self.seq
 
     def publish(self, topic: str, body: Any) -> int:

@@ -1,52 +1,43 @@
-"""Leases: atomic group allocation, a fair FIFO queue, expiry, keepalives, persistence.
+"""Leases: atomic group allocation, expiry, keepalives, ends, and their persistence.
 
 A lease takes every matching device of one group (devices sharing the group label, `dut`
 by default; a device without it is a group of one) or nothing. Requests that cannot be
-served wait in FIFO order: on each change the queue is walked front to back and each
-waiter takes the first free group it matches, so an earlier request always gets first
-pick. Granted leases are written to SQLite before the grant is sent, so ``kill -9`` of the
-broker loses none. Queued requests are not persisted: waiters are reminded of their position
-every heartbeat, so after a broker restart the SDK hears nothing and queues again
-(PROTOCOL.md §8).
+served wait in ``waitqueue.WaitQueue``; who may use a leased device is ``access.LeaseAccess``;
+resets after an end are ``resets.Resets``. Granted leases are committed to SQLite (on the
+store thread) before the grant is sent, so ``kill -9`` of the broker loses none.
+
+The table gets what it needs injected: the registry, an outbox to send and publish, the
+store thread, and a callback for streams to revoke when a lease ends.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 import trio
 
 from labctl import protocol
-from labctl.errors import (
-    BadRequest,
-    DeviceBusy,
-    DeviceOffline,
-    LeaseNotFound,
-    LeaseRequired,
-    NoMatch,
-    WaitTimeout,
-)
+from labctl.errors import BadRequest, DeviceBusy, DeviceOffline, LeaseNotFound, NoMatch
 from labctl.selector import parse
 
-if TYPE_CHECKING:
-    from .registry import Device
-    from .server import Broker
+from .access import LeaseAccess, ref_of
+from .outbox import Outbox
+from .registry import Device, Registry
+from .resets import Resets
+from .store_thread import StoreThread
+from .waitqueue import Waiter, WaitQueue
 
 log = structlog.get_logger("leases")
 
 MAX_SECONDS = 366 * 86400.0  # durations and waits: anything longer is a typo
 
-
-def ref_of(lease_id: str) -> str:
-    """The public name of a lease: listings, events and the audit journal use it, so seeing
-    a lease never gives the id that acts on its devices."""
-    return hashlib.sha256(lease_id.encode()).hexdigest()[:12]
+__all__ = ["Lease", "LeaseTable", "ref_of"]
 
 
 @dataclass(slots=True)
@@ -82,85 +73,58 @@ class Lease:
         }
 
 
-@dataclass(slots=True)
-class Waiter:
-    ident: bytes
-    rid: Any
-    selector: str
-    duration: float
-    holder: str
-    deadline: float
-    grace: float
-    queued_at: float = field(default_factory=time.time)
-
-
 class LeaseTable:
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        registry: Registry,
+        outbox: Outbox,
+        store: StoreThread,
+        group_label: str,
+        lease_grace: float,
+        revoke_streams: Callable[[str], None],
+    ) -> None:
+        self.registry = registry
+        self.outbox = outbox
+        self.store = store
+        self.db = store.store  # its methods run on the store thread, through ``store``
+        self.group_label = group_label
+        self.lease_grace = lease_grace
+        self.revoke_streams = revoke_streams
         self.leases: dict[str, Lease] = {}
-        self.queue: list[Waiter] = []
-        self.remembered_health: dict[str, tuple[str, str]] = {}
+        self.queue = WaitQueue(outbox)
+        self.access = LeaseAccess(self.leases, group_label)
+        self.resets = Resets(outbox, self.reset_failed)
         #: devices whose lease ended while they were offline: reset them when they return
         self.owed_reset: set[str] = set()
         self._changed = trio.Event()
         self._poking = False
         self._poke_again = False
-        self._queued_count = 0
 
     # -- persistence --------------------------------------------------------------------
     def load(self) -> None:
-        self.owed_reset = self.broker.store.load_owed_resets()
+        """Read leases, owed resets and health (at start, before the store thread runs)."""
+        self.owed_reset = self.db.load_owed_resets()
+        self.registry.health.update(self.db.load_health())
         now = time.monotonic()
-        for row in self.broker.store.load_leases():
+        for row in self.db.load_leases():
             lease = Lease(**row, keepalive_at=now)
             self.leases[lease.id] = lease
         if self.leases:
             log.info("leases restored", count=len(self.leases))
 
+    def _audit(self, who: str, action: str, target: str, why: str = "") -> None:
+        self.store.submit(self.db.audit, who, action, target, why)
+
     def device_registered(self, dev: Device) -> None:
-        """Re-attach restored leases and health to a device as it (re-)registers."""
+        """Re-attach restored leases to a device as it (re-)registers; send an owed reset."""
         for lease in self.leases.values():
             if dev.name in lease.devices:
                 dev.lease = lease.id
         if dev.name in self.owed_reset and dev.lease is None:
             self.owed_reset.discard(dev.name)
-            self.broker.store.set_owed_reset(dev.name, False)
+            self.store.submit(self.db.set_owed_reset, dev.name, False)
             if dev.on_release == "reset":
-                self._reset(dev)
-        if dev.name in self.remembered_health:
-            dev.health, dev.health_reason = self.remembered_health[dev.name]
-
-    # -- access checks ------------------------------------------------------------------
-    def check_access(self, dev: Device, lease_id: Any, action: str) -> None:
-        if lease_id is not None and lease_id not in self.leases:
-            raise LeaseNotFound(
-                f"lease {lease_id} is not active (released, expired, or its holder went "
-                "silent); take a new one",
-                {"lease": lease_id},
-            )
-        group = dev.labels.get(self.broker.settings.group_label)
-        selector = f"{self.broker.settings.group_label}={group}" if group else f"name={dev.name}"
-        if dev.lease is None:
-            if lease_id is not None:
-                raise LeaseRequired(
-                    f"{action} on {dev.name!r}: your lease {ref_of(lease_id)} does not cover it; "
-                    f"lease it too (`labctl lease acquire {selector}`)",
-                    {"device": dev.name},
-                )
-            raise LeaseRequired(
-                f"{action} on {dev.name!r} needs a lease; take one with "
-                f"`labctl lease acquire {selector}` or use the SDK's lab.lease()",
-                {"device": dev.name},
-            )
-        if dev.lease != lease_id:
-            holder = self.leases[dev.lease].holder if dev.lease in self.leases else "?"
-            raise DeviceBusy(
-                f"{dev.name!r} is leased by {holder}"
-                + (
-                    "" if lease_id is None else f"; your lease {ref_of(lease_id)} does not cover it"
-                ),
-                {"device": dev.name, "holder": holder},
-            )
+                self.resets.send(dev)
 
     def holder_of(self, dev: Device) -> str | None:
         lease = self.leases.get(dev.lease) if dev.lease else None
@@ -171,43 +135,36 @@ class LeaseTable:
         self,
         ident: bytes,
         rid: Any,
+        holder: str,
         selector: str,
         duration: Any = 1800.0,
         wait: Any = 0.0,
-        holder: str = "anonymous",
         keepalive: bool = True,
-    ) -> dict[str, Any] | None:
-        """Grant now (returns the lease), queue (returns None, replies later) or raise."""
+    ) -> None:
+        """Grant now, or queue; the reply goes out once the grant is committed (or later,
+        from the queue). Raises what is wrong with the request. ``holder`` is the
+        connection's identity (``peers.Peers``)."""
         selector = str(selector)
         sel = parse(selector)
         duration = _positive(duration, "duration")
         wait = _positive(wait, "wait", zero_ok=True)
-        holder = str(holder or "anonymous")
         # a lease taken for later use (`labctl lease acquire`) lives to its end time with
         # no keepalives; one held by a running program ends soon after that program does
-        grace = self.broker.settings.lease_grace if bool(keepalive) else MAX_SECONDS
-        matched = self.broker.registry.query(sel)
+        grace = self.lease_grace if bool(keepalive) else MAX_SECONDS
+        matched = self.registry.query(sel)
         if not matched:
             raise NoMatch(f"no device matches selector {selector!r}", {"selector": selector})
         lease = self._try_grant(selector, duration, holder, matched, grace)
         if lease is not None:
-            return self._describe(lease)
+            self._tell_holder(ident, rid, lease)
+            return
         if wait <= 0:
             raise self._busy_error(selector, matched)
-        waiter = Waiter(ident, rid, selector, duration, holder, time.time() + wait, grace)
-        self.queue.append(waiter)
-        position = len(self.queue)
-        self._progress(waiter, position)
-        self._queued_count += 1  # requests have no lease id yet: a broker-wide number
-        self.broker.publish(
-            f"lease.q{self._queued_count}.queued",
-            {"selector": selector, "position": position, "holder": holder},
-        )
+        self.queue.add(Waiter(ident, rid, selector, duration, holder, time.time() + wait, grace))
         self._changed.set()
-        return None
 
     def _groups(self, matched: list[Device]) -> dict[str, list[Device]]:
-        key = self.broker.settings.group_label
+        key = self.group_label
         groups: dict[str, list[Device]] = {}
         for dev in matched:
             groups.setdefault(dev.labels.get(key) or f"\0{dev.name}", []).append(dev)
@@ -234,16 +191,26 @@ class LeaseTable:
             end=now + duration,
             grace=grace,
         )
-        self.broker.store.save_lease(lease.row())
-        self.broker.store.audit(
-            holder, "lease.granted", lease.ref, f"{selector} -> {lease.devices}"
-        )
+        self.store.submit(self.db.save_lease, lease.row())
+        self._audit(holder, "lease.granted", lease.ref, f"{selector} -> {lease.devices}")
         self.leases[lease.id] = lease
         for d in devs:
             d.lease = lease.id
-        self.broker.publish(f"lease.{lease.ref}.granted", lease.public())
+        self.outbox.publish(f"lease.{lease.ref}.granted", lease.public())
         self._changed.set()
         return lease
+
+    def _tell_holder(self, ident: bytes, rid: Any, lease: Lease) -> None:
+        """Reply with the lease once it is committed; a holder that is gone by then loses it
+        (no reset: nobody used the devices)."""
+
+        def tell() -> None:
+            if lease.id not in self.leases:
+                return  # ended meanwhile (expired, forced)
+            if not self.outbox.send(ident, protocol.Reply(rid, self._describe(lease)).to_frames()):
+                self.end(lease.id, "holder-lost", reset=False)
+
+        self.store.after_writes(tell)
 
     def _busy_error(self, selector: str, matched: list[Device]) -> Exception:
         reasons = []
@@ -266,16 +233,11 @@ class LeaseTable:
             {"selector": selector, "reasons": reasons},
         )
 
-    def _progress(self, w: Waiter, position: int) -> None:
-        reply = protocol.Reply(w.rid, {"position": position}, progress=True)
-        if not self.broker.send(w.ident, reply.to_frames()):
-            w.deadline = 0  # the requester is gone; drop it on the next pass
-
     def poke(self) -> None:
         """Something changed (release, registration, health): serve the queue.
 
-        Re-entrant calls (ending a lease whose grant could not be delivered pokes again)
-        only mark another pass, so the queue is walked by one loop, never recursively.
+        Re-entrant calls only mark another pass, so the queue is walked by one loop, never
+        recursively.
         """
         if self._poking:
             self._poke_again = True
@@ -284,61 +246,18 @@ class LeaseTable:
         try:
             while True:
                 self._poke_again = False
-                for lease_id in self._serve_queue():
-                    # granted to a requester that is gone: give it back untouched
-                    self.end(lease_id, "holder-lost", reset=False)
+                for waiter, lease in self.queue.serve(self._grant_to):
+                    self._tell_holder(waiter.ident, waiter.rid, lease)
                 if not self._poke_again:
                     break
         finally:
             self._poking = False
 
-    def _serve_queue(self) -> list[str]:
-        """One FIFO pass; returns leases granted to requesters that could not be told."""
-        if not self.queue:
-            return []
-        still: list[Waiter] = []
-        undelivered: list[str] = []
-        now = time.time()
-        for w in self.queue:
-            if w.deadline <= now:
-                self._expire_waiter(w)
-                continue
-            matched = self.broker.registry.query(parse(w.selector))
-            lease = (
-                self._try_grant(w.selector, w.duration, w.holder, matched, w.grace)
-                if matched
-                else None
-            )
-            if lease is None:
-                still.append(w)
-                continue
-            reply = protocol.Reply(w.rid, self._describe(lease))
-            if not self.broker.send(w.ident, reply.to_frames()):
-                undelivered.append(lease.id)
-        changed = len(still) != len(self.queue)
-        self.queue = still
-        if changed:
-            for i, w in enumerate(self.queue, 1):
-                self._progress(w, i)
-        return undelivered
-
-    def _owe_reset(self, name: str) -> None:
-        """Remember (durably) to reset a device that cannot be reset now."""
-        self.owed_reset.add(name)
-        self.broker.store.set_owed_reset(name, True)
-
-    def remind_waiters(self) -> None:
-        """Tell every queued requester its position again (each heartbeat), so a client
-        that hears nothing knows the broker restarted and lost its request."""
-        for i, w in enumerate(self.queue, 1):
-            self._progress(w, i)
-
-    def _expire_waiter(self, w: Waiter) -> None:
-        if w.deadline == 0:
-            return
-        waited = time.time() - w.queued_at
-        err = WaitTimeout(f"no group matching {w.selector!r} became free within {waited:.1f}s")
-        self.broker.send(w.ident, protocol.Error.of(err, w.rid).to_frames())
+    def _grant_to(self, w: Waiter) -> Lease | None:
+        matched = self.registry.query(parse(w.selector))
+        return (
+            self._try_grant(w.selector, w.duration, w.holder, matched, w.grace) if matched else None
+        )
 
     # -- keepalive, extend, release -----------------------------------------------------
     def get(self, lease_id: Any) -> Lease:
@@ -356,8 +275,8 @@ class LeaseTable:
         lease = self.get(lease_id)
         lease.end = max(lease.end, time.time()) + _positive(duration, "duration")  # validated first
         lease.keepalive_at = time.monotonic()
-        self.broker.store.save_lease(lease.row())
-        self.broker.store.audit(who, "lease.extended", lease.ref, f"end={lease.end:.0f}")
+        self.store.submit(self.db.save_lease, lease.row())
+        self._audit(who, "lease.extended", lease.ref, f"end={lease.end:.0f}")
         self._changed.set()
         return self._describe(lease)
 
@@ -367,10 +286,10 @@ class LeaseTable:
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return
-        self.broker.store.delete_lease(lease_id)
-        self.broker.store.audit(who, "lease.ended", lease.ref, f"{reason} {why}".strip())
+        self.store.submit(self.db.delete_lease, lease_id)
+        self._audit(who, "lease.ended", lease.ref, f"{reason} {why}".strip())
         for name in lease.devices:
-            dev = self.broker.registry.devices.get(name)
+            dev = self.registry.devices.get(name)
             if dev is None:  # not registered since a broker restart: reset it when it is
                 if reset:
                     self._owe_reset(name)
@@ -380,35 +299,35 @@ class LeaseTable:
             dev.lease = None
             if reset and dev.on_release == "reset":
                 if dev.service_alive:
-                    self._reset(dev)
+                    self.resets.send(dev)
                 else:
                     self._owe_reset(name)
-        self.broker.streams.lease_ended(lease_id)
-        self.broker.publish(
+        self.revoke_streams(lease_id)
+        self.outbox.publish(
             f"lease.{lease.ref}.ended", {"reason": reason, "devices": lease.devices, "why": why}
         )
         log.info("lease ended", lease=lease.ref, reason=reason, devices=lease.devices)
         self.poke()
 
-    def _reset(self, dev: Device) -> None:
-        reset = protocol.Request.call(dev.name, "__reset__")  # id nil: no reply expected
-        self.broker.send(dev.ident, reset.to_frames())
+    def _owe_reset(self, name: str) -> None:
+        """Remember (durably) to reset a device that cannot be reset now."""
+        self.owed_reset.add(name)
+        self.store.submit(self.db.set_owed_reset, name, True)
 
+    # -- health -------------------------------------------------------------------------
     def set_health(self, name: str, health: str, reason: str, who: str) -> dict[str, Any]:
-        if health not in ("good", "maintenance", "bad"):
-            raise BadRequest(f"health must be good, maintenance or bad, not {health!r}")
-        dev = self.broker.registry.devices.get(name)
-        if dev is None:
-            from labctl.errors import DeviceNotFound
-
-            raise DeviceNotFound(f"no device named {name!r}")
-        dev.health, dev.health_reason = health, reason
-        self.remembered_health[name] = (health, reason)
-        self.broker.store.set_health(name, health, reason)
-        self.broker.store.audit(who, "device.health", name, f"{health} {reason}".strip())
-        self.broker.publish(f"device.{name}.health", {"health": health, "reason": reason})
+        """Set, persist, journal and publish a device's health, then serve the queue."""
+        self.registry.set_health(name, health, reason)
+        self.store.submit(self.db.set_health, name, health, reason)
+        self._audit(who, "device.health", name, f"{health} {reason}".strip())
+        self.outbox.publish(f"device.{name}.health", {"health": health, "reason": reason})
         self.poke()
         return {"name": name, "health": health, "reason": reason}
+
+    def reset_failed(self, name: str, reason: str) -> None:
+        """A device's reset failed: out of allocation until an admin sets it good again."""
+        if name in self.registry.devices:
+            self.set_health(name, "bad", reason, "broker")
 
     # -- time ---------------------------------------------------------------------------
     def tick(self) -> None:
@@ -419,23 +338,23 @@ class LeaseTable:
                 self.end(lease.id, "expired")
             elif mono - lease.keepalive_at > lease.grace:
                 self.end(lease.id, "holder-lost")
-        if any(w.deadline <= now for w in self.queue):
+        if self.queue.expired(now):
             self.poke()
+        self.resets.forget_expired(mono)
 
     async def run(self) -> None:
         """Wake at the next deadline (lease end, grace, waiter) or when something changes."""
         while True:
             self.tick()
             now, mono = time.time(), time.monotonic()
-            nxt = 5.0
+            nxt = min(5.0, self.queue.next_deadline() - now)
             for lease in self.leases.values():
                 nxt = min(nxt, lease.end - now, lease.keepalive_at + lease.grace - mono)
-            for w in self.queue:
-                nxt = min(nxt, w.deadline - now)
             self._changed = trio.Event()
             with trio.move_on_after(max(nxt, 0.001)):
                 await self._changed.wait()
 
+    # -- views --------------------------------------------------------------------------
     def describe(self, lease_id: Any) -> dict[str, Any]:
         return self._describe(self.get(lease_id))
 
@@ -450,7 +369,7 @@ class LeaseTable:
 
     def _describe(self, lease: Lease) -> dict[str, Any]:
         """The holder's view: with the id (the holder has it anyway) and the interfaces."""
-        devs = self.broker.registry.devices
+        devs = self.registry.devices
         return {
             "ref": lease.ref,
             **lease.row(),

@@ -1,4 +1,10 @@
-"""Every device the broker knows, the services that drive them, and label queries."""
+"""Every device the broker knows, the services that drive them, their health, and label
+queries.
+
+Health (PROTOCOL.md §8) is the registry's: ``good``, ``maintenance`` (an admin's) or ``bad``
+(a failed check or reset); only ``good`` devices are allocated. It is remembered by name, so
+it outlives a device's registration and (persisted by the broker) a broker restart.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl.errors import DuplicateName, ProtocolError
+from labctl.errors import BadRequest, DeviceNotFound, DuplicateName, ProtocolError
 from labctl.protocol import Register
 from labctl.selector import Selector
 
 BUILTIN_LABELS = ("name", "kind", "driver", "host")
+HEALTH = ("good", "maintenance", "bad")
 
 
 @dataclass(slots=True)
@@ -81,6 +88,28 @@ class Registry:
     def __init__(self) -> None:
         self.devices: dict[str, Device] = {}
         self.services: dict[bytes, Service] = {}
+        #: health by device name, also for devices not registered (yet, or any more)
+        self.health: dict[str, tuple[str, str]] = {}
+
+    def device_for(self, name: Any) -> Device:
+        """The device a request names; BadRequest / DeviceNotFound (the error replies)."""
+        if not isinstance(name, str):
+            raise BadRequest("request header needs a 'device' name")
+        dev = self.devices.get(name)
+        if dev is None:
+            raise DeviceNotFound(f"no device named {name!r}", {"device": name})
+        return dev
+
+    def set_health(self, name: str, health: str, reason: str) -> Device:
+        """Set a registered device's health; BadRequest / DeviceNotFound if it cannot be."""
+        if health not in HEALTH:
+            raise BadRequest(f"health must be good, maintenance or bad, not {health!r}")
+        dev = self.devices.get(name)
+        if dev is None:
+            raise DeviceNotFound(f"no device named {name!r}", {"device": name})
+        dev.health, dev.health_reason = health, reason
+        self.health[name] = (health, reason)
+        return dev
 
     def register(self, ident: bytes, reg: Register) -> tuple[Service, list[Device], list[Device]]:
         """Add a service and its devices; DuplicateName if a live holder has a name.
@@ -98,8 +127,9 @@ class Registry:
         for dev in parsed:
             previous = self.devices.get(dev.name)
             if previous is not None:  # keep what the broker owns across re-registration
-                dev.health, dev.health_reason = previous.health, previous.health_reason
                 dev.lease, dev.status = previous.lease, previous.status
+            if dev.name in self.health:
+                dev.health, dev.health_reason = self.health[dev.name]
             self.devices[dev.name] = dev
         return svc, parsed, dropped
 

@@ -1,8 +1,14 @@
 """The broker: one ROUTER for the bus, one XPUB for events, one trio thread of control.
 
 All message handling is synchronous (no awaits) and runs in the bus loop, which drains
-every ready message before it waits again; only timers (heartbeats, lease expiry,
-journal flush) run as separate tasks. Nothing here decodes a payload it does not own.
+every ready message before it waits again; only timers (heartbeats, lease expiry, journal
+flush) run as separate tasks, and SQLite runs on the store thread (``store_thread``).
+Nothing here decodes a payload it does not own.
+
+The broker wires small parts together and routes RPC; each part gets only what it needs:
+``Registry`` (devices, services, health), ``LeaseTable`` (with its ``WaitQueue``,
+``LeaseAccess`` and ``Resets``), ``StreamRouter``, ``BrokerCalls``, an ``Outbox`` to send
+and publish with, ``Peers`` (who each connection is).
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import zmq
 from labctl import protocol
 from labctl.errors import (
     BadRequest,
-    DeviceNotFound,
     DeviceOffline,
     LabError,
     MethodNotFound,
@@ -29,14 +34,17 @@ from labctl.errors import (
     ServiceGone,
 )
 from labctl.protocol import Message
-from labctl.triozmq import TrioSocket
 
+from .bus import BusSocket
 from .calls import BrokerCalls
 from .events import EventHub
 from .leases import LeaseTable
 from .metrics import BrokerMetrics
-from .registry import Device, Registry
+from .outbox import Outbox
+from .peers import Peers
+from .registry import Registry
 from .store import Store
+from .store_thread import StoreThread
 from .streams import StreamRouter
 
 log = structlog.get_logger("broker")
@@ -65,21 +73,38 @@ class Pending:
 
 
 class Broker:
-    def __init__(self, settings: BrokerSettings) -> None:
+    def __init__(self, settings: BrokerSettings, store: Store | None = None) -> None:
         self.settings = settings
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self.store = Store(settings.state)
+        self.store = StoreThread(store or Store(settings.state))
         self.registry = Registry()
+        self.peers = Peers()
+        self.metrics = BrokerMetrics()
+        self.outbox = Outbox(self.metrics)
         self.pending: dict[int, Pending] = {}
         self._next_rid = 0
-        self.bus: TrioSocket | None = None
+        self.bus: BusSocket | None = None
         self.events: EventHub | None = None
         self.bus_endpoint = ""
         self.events_endpoint = ""
-        self.leases = LeaseTable(self)
-        self.streams = StreamRouter(self)
-        self.calls = BrokerCalls(self)
-        self.metrics = BrokerMetrics()
+        self.leases = LeaseTable(
+            self.registry,
+            self.outbox,
+            self.store,
+            settings.group_label,
+            settings.lease_grace,
+            revoke_streams=lambda lease_id: self.streams.lease_ended(lease_id),
+        )
+        self.streams = StreamRouter(self.registry, self.leases.access, self.outbox, self.metrics)
+        self.calls = BrokerCalls(
+            self.registry,
+            self.leases,
+            self.outbox,
+            self.store,
+            self.peers,
+            hub=lambda: self.events_hub,
+            welcome=self.welcome,
+        )
         self.started = time.time()
         self._pruned = 0.0
 
@@ -97,14 +122,14 @@ class Broker:
         xpub.setsockopt(zmq.SNDHWM, 100000)
         xpub.bind(self.settings.events)
         self.events_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.bus = TrioSocket(router)
+        self.bus = BusSocket(router, self.peers)
         self.events = EventHub(xpub, self.store)
-        for name, (health, reason) in self.store.load_health().items():
-            self.leases.remembered_health[name] = (health, reason)
+        self.outbox.attach(self.bus, self.events)
         self.leases.load()
 
     async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.bind()
+        self.store.start()  # from here on, SQLite only on the store thread
         log.info("broker listening", bus=self.bus_endpoint, events=self.events_endpoint)
         self.publish("broker.started", {"bus": self.bus_endpoint, "pid": os.getpid()})
         try:
@@ -118,23 +143,16 @@ class Broker:
                     await nursery.start(serve_dashboard, self.settings.dashboard, self)
                 task_status.started(self)
         finally:
-            self.store.close()
             assert self.bus is not None and self.events is not None
+            self.events.flush()
+            self.store.stop()  # writes what is queued, closes the database, joins
             self.bus.close()
             self.events.sock.close(0)
 
     # -- the bus loop -------------------------------------------------------------------
     async def _bus_loop(self) -> None:
         assert self.bus is not None
-        bus = self.bus
-        while True:
-            frames = await bus.recv()
-            self._handle(frames)
-            for _ in range(256):  # drain what is ready before waiting again
-                frames = bus.recv_nowait()
-                if frames is None:
-                    break
-                self._handle(frames)
+        await self.bus.serve(self._handle)
 
     def _handle(self, frames: list[Any]) -> None:
         ident = frames[0]
@@ -161,20 +179,9 @@ class Broker:
             bug = LabError(f"broker internal error: {type(exc).__name__}: {exc}")
             self.send(ident, protocol.Error.of(bug, msg.id).to_frames())
 
-    def send(self, ident: bytes, frames: list[Any], copy: bool = True) -> bool:
-        """Send to one peer now; False if it is gone or full (never blocks, never raises).
-
-        Small messages are copied (cheaper than zero-copy bookkeeping); stream data
-        passes ``copy=False`` so large payloads are handed to libzmq without a copy.
-        """
-        assert self.bus is not None
-        try:
-            if self.bus.send_nowait([ident, *frames], copy=copy):
-                return True
-            log.warning("peer not keeping up; message dropped", peer=ident.hex())
-        except zmq.ZMQError:
-            pass  # EHOSTUNREACH: the peer disconnected
-        return False
+    def send(self, ident: bytes, frames: list[Any]) -> bool:
+        """Send to one peer now; False if it is gone or full (never blocks, never raises)."""
+        return self.outbox.send(ident, frames)
 
     # -- registration and liveness ------------------------------------------------------
     def _on_register(self, ident: bytes, msg: Message) -> None:
@@ -227,6 +234,7 @@ class Broker:
                         ServiceGone(f"service went away: {reason}"), p.client_id
                     ).to_frames(),
                 )
+        self.leases.resets.service_lost(ident)
         self.streams.peer_lost(ident, f"service went away: {reason}")
 
     async def _housekeeping(self) -> None:
@@ -246,24 +254,16 @@ class Broker:
                     self.metrics.rpc_done(rid, "timeout")
             wall = time.time()
             self.leases.tick()
-            self.leases.remind_waiters()
-            self.store.flush()
+            self.leases.queue.remind()
+            self.events_hub.flush()
             if wall - self._pruned > 3600:
                 self._pruned = wall
-                self.store.prune()
+                self.store.submit(self.store.store.prune)
 
     # -- RPC routing --------------------------------------------------------------------
-    def device_for(self, name: Any) -> Device:
-        if not isinstance(name, str):
-            raise BadRequest("request header needs a 'device' name")
-        dev = self.registry.devices.get(name)
-        if dev is None:
-            raise DeviceNotFound(f"no device named {name!r}", {"device": name})
-        return dev
-
     def _on_request(self, ident: bytes, msg: Message) -> None:
         req = protocol.Request.parse(msg)
-        dev = self.device_for(req.device)
+        dev = self.registry.device_for(req.device)
         method = req.method
         spec = dev.method(method) if isinstance(method, str) else None
         if spec is None:
@@ -275,7 +275,7 @@ class Broker:
         if not dev.service_alive:  # an unreachable port or plug still answers status and logs
             raise DeviceOffline(f"device {dev.name!r} is offline ({dev.offline_reason()})")
         if spec.get("mutating"):
-            self.leases.check_access(dev, req.lease, f"{method}()")
+            self.leases.access.check(dev, req.lease, f"{method}()")
         timeout = req.timeout
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             timeout = protocol.DEFAULT_TIMEOUT
@@ -293,6 +293,8 @@ class Broker:
         rid = msg.id
         p = self.pending.get(rid) if isinstance(rid, int) else None
         if p is None or p.service != ident:
+            if p is None:
+                self.leases.resets.answered(ident, msg)  # a reset's answer, or nothing
             return  # late reply after a timeout, or a confused peer: nothing to route
         del self.pending[rid]
         outcome = "ok" if msg.mtype == protocol.REPLY else protocol.Error.parse(msg).code
@@ -326,8 +328,7 @@ class Broker:
             dev.reachable = bool(body.get("online"))
             dev.reachable_reason = str(body.get("reason", ""))
             self.leases.poke()
-        self.metrics.published(topic, None)
-        self.events_hub.publish_raw(topic, event.body)
+        self.outbox.publish_raw(topic, event.body)
 
     # -- streams (see streams.py) -------------------------------------------------------
     def _on_stream(self, ident: bytes, msg: Message) -> None:
@@ -339,8 +340,7 @@ class Broker:
         return self.events
 
     def publish(self, topic: str, body: Any) -> None:
-        self.metrics.published(topic, body)
-        self.events_hub.publish(topic, body)
+        self.outbox.publish(topic, body)
 
     _handlers = {
         protocol.REGISTER: _on_register,

@@ -1,8 +1,10 @@
 """The broker's durable state in one SQLite file: event journal, leases, audit journal.
 
-Writes go through one connection owned by the broker's trio thread. Events are committed
-in batches (every tick of the broker's housekeeping task); lease changes and audit rows
-are committed at once, because a lease that was granted must survive ``kill -9``.
+Plain blocking SQLite on one connection. After the broker has loaded its state, only the
+store thread (``store_thread.StoreThread``) calls these methods, so no query runs on the
+broker's loop. Events come in batches (the event hub buffers them for a heartbeat tick);
+lease changes and audit rows are committed at once, because a lease that was granted must
+survive ``kill -9``.
 """
 
 from __future__ import annotations
@@ -39,15 +41,17 @@ class Store:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / "broker.sqlite3"
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # a writer waits up to 30 s for a lock (a backup, an admin's sqlite3 shell): on the
+        # store thread, where waiting costs the loop nothing
+        self.db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        self._pending_events: list[tuple[int, float, str, bytes]] = []
         self.retention = 7 * 24 * 3600.0
 
     def close(self) -> None:
-        self.flush()
         self.db.close()
 
     # -- events -------------------------------------------------------------------------
@@ -55,13 +59,7 @@ class Store:
         row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
         return int(row[0] or 0)
 
-    def add_event(self, seq: int, ts: float, topic: str, body: bytes) -> None:
-        self._pending_events.append((seq, ts, topic, body))
-
-    def flush(self) -> None:
-        if not self._pending_events:
-            return
-        rows, self._pending_events = self._pending_events, []
+    def insert_events(self, rows: list[tuple[int, float, str, bytes]]) -> None:
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO events VALUES (?,?,?,?)", rows)
@@ -72,9 +70,9 @@ class Store:
         """The newest ``limit`` events since ``since_ts`` whose topic matches, oldest first.
 
         SQLite's GLOB has fnmatch's ``*``, ``?`` and ``[...]``; only the negated class is
-        spelt ``[^...]`` there instead of ``[!...]``, so that is translated.
+        spelt ``[^...]`` there instead of ``[!...]``, so that is translated. The event hub
+        hands its buffered rows to the store thread before it asks.
         """
-        self.flush()
         cur = self.db.execute(
             "SELECT seq, ts, topic, body FROM events WHERE ts >= ? AND topic GLOB ? "
             "ORDER BY seq DESC LIMIT ?",
@@ -101,6 +99,7 @@ class Store:
         return int(row[0]) if row else 0
 
     def prune(self) -> None:
+        """Forget events past the retention (indexed on ``ts``)."""
         self.db.execute("DELETE FROM events WHERE ts < ?", (time.time() - self.retention,))
 
     # -- leases -------------------------------------------------------------------------

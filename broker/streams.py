@@ -4,14 +4,17 @@ The broker assigns a stream id (sid) that both ends use, so data frames pass thr
 with their header bytes untouched. It enforces credit: each side may send only as many
 payload bytes as the other side granted, so a stalled reader stalls only its own
 stream and no stream can make the broker buffer without bound. A sender that overruns
-its credit is cut off.
+its credit is cut off. Payload frames arrive as ``zmq.Frame`` (``bus.BusSocket``) and are
+forwarded as the same frames: stream bytes are never copied in Python.
+
+The router gets what it needs injected: the registry, the lease access policy, an outbox
+to send with, and the metrics it counts bytes in.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import structlog
 
@@ -19,8 +22,10 @@ from labctl import protocol
 from labctl.errors import ProtocolError, StreamClosed, StreamRefused
 from labctl.protocol import Message
 
-if TYPE_CHECKING:
-    from .server import Broker
+from .access import LeaseAccess
+from .metrics import BrokerMetrics
+from .outbox import Outbox
+from .registry import Registry
 
 log = structlog.get_logger("streams")
 
@@ -47,8 +52,13 @@ class Route:
 
 
 class StreamRouter:
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(
+        self, registry: Registry, access: LeaseAccess, outbox: Outbox, metrics: BrokerMetrics
+    ) -> None:
+        self.registry = registry
+        self.access = access
+        self.outbox = outbox
+        self.metrics = metrics
         self.routes: dict[int, Route] = {}
         # Ids start at a random point each broker run, so a client resuming after a
         # restart never collides with a stream some other client opened meanwhile.
@@ -63,12 +73,12 @@ class StreamRouter:
         if route is None:
             if msg.mtype != protocol.STREAM_CLOSE:
                 reason = "unknown stream (broker restarted or stream closed)"
-                self.broker.send(ident, _broker_close(sid, reason, unknown=True))
+                self.outbox.send(ident, _broker_close(sid, reason, unknown=True))
             return
         from_client = ident == route.client
         if not from_client and ident != route.service:
             # not this peer's stream: to it, the stream is unknown (it may be resuming)
-            self.broker.send(ident, _broker_close(sid, "unknown stream", unknown=True))
+            self.outbox.send(ident, _broker_close(sid, "unknown stream", unknown=True))
             return
         if route.opening:
             if from_client:
@@ -78,7 +88,7 @@ class StreamRouter:
             elif msg.mtype == protocol.STREAM_CLOSE:
                 self.routes.pop(route.sid, None)
                 reason = protocol.StreamClose.parse(msg).reason or "refused by the service"
-                self.broker.send(
+                self.outbox.send(
                     route.client,
                     protocol.Error.of(StreamRefused(reason), route.open_rid).to_frames(),
                 )
@@ -88,7 +98,7 @@ class StreamRouter:
         other = route.service if from_client else route.client
         if msg.mtype == protocol.STREAM_DATA:
             size = protocol.StreamData.parse(msg).size()
-            self.broker.metrics.stream_bytes += size
+            self.metrics.stream_bytes += size
             if from_client:
                 if not route.writable:
                     self.close(route, "stream is read-only for this client (no lease)", both=True)
@@ -113,11 +123,11 @@ class StreamRouter:
                 return  # a liveness ping from the client: the route exists, nothing to pass on
         elif msg.mtype == protocol.STREAM_CLOSE:
             self.routes.pop(route.sid, None)
-        if not self.broker.send(other, protocol.forward(msg)):
+        if not self.outbox.send(other, protocol.forward(msg)):
             self.close(route, "peer went away", both=True)
 
     def _open(self, ident: bytes, req: protocol.StreamOpen) -> None:
-        dev = self.broker.device_for(req.device)
+        dev = self.registry.device_for(req.device)
         name = req.stream
         spec = dev.interface.get("streams", {}).get(name) if isinstance(name, str) else None
         if spec is None:
@@ -128,7 +138,7 @@ class StreamRouter:
         if req.write:
             if not spec.get("writable"):
                 raise StreamRefused(f"stream {name!r} of {dev.name!r} is read-only")
-            self.broker.leases.check_access(dev, req.lease, f"writing to {name}")
+            self.access.check(dev, req.lease, f"writing to {name}")
         credit = req.credit
         if not isinstance(credit, int) or credit < 0:
             raise ProtocolError("credit must be a non-negative integer")
@@ -146,7 +156,7 @@ class StreamRouter:
             to_client_credit=credit,
         )
         offer = protocol.StreamOffer(route.sid, dev.name, name, req.args, req.write, credit)
-        if not self.broker.send(dev.ident, offer.to_frames()):
+        if not self.outbox.send(dev.ident, offer.to_frames()):
             raise StreamRefused(f"service of {dev.name!r} is not reachable")
         route.open_rid = req.id
         self.routes[route.sid] = route  # the client hears back once the service accepts
@@ -164,21 +174,21 @@ class StreamRouter:
             "device": route.device,
             "stream": route.name,
         }
-        self.broker.send(route.client, protocol.Reply(route.open_rid, reply).to_frames())
+        self.outbox.send(route.client, protocol.Reply(route.open_rid, reply).to_frames())
         if credit:
-            self.broker.send(route.client, protocol.StreamCredit(route.sid, credit).to_frames())
+            self.outbox.send(route.client, protocol.StreamCredit(route.sid, credit).to_frames())
 
     def close(self, route: Route, reason: str, both: bool = True) -> None:
         self.routes.pop(route.sid, None)
         frames = _broker_close(route.sid, reason)
         if route.opening:
-            self.broker.send(
+            self.outbox.send(
                 route.client, protocol.Error.of(StreamRefused(reason), route.open_rid).to_frames()
             )
         else:
-            self.broker.send(route.client, frames)
+            self.outbox.send(route.client, frames)
         if both:
-            self.broker.send(route.service, frames)
+            self.outbox.send(route.service, frames)
 
     def peer_lost(self, ident: bytes, reason: str) -> None:
         for route in [r for r in self.routes.values() if ident in (r.client, r.service)]:

@@ -28,9 +28,14 @@ HEX = "0123456789abcdefABCDEF"
 
 
 def syntax_error(what: str, text: str, pos: int, message: str) -> Exception:
+    """BadArguments pointing a caret at ``text[pos]``; ``details`` keep the column (0-based)
+    and the reason, so a caller can re-point it into a longer line."""
     from labctl.errors import BadArguments
 
-    return BadArguments(f"invalid {what} at column {pos + 1}: {message}\n  {text}\n  {' ' * pos}^")
+    return BadArguments(
+        f"invalid {what} at column {pos + 1}: {message}\n  {text}\n  {' ' * pos}^",
+        {"column": pos, "reason": message},
+    )
 
 
 # -- can-utils syntax -----------------------------------------------------------------------
@@ -155,16 +160,13 @@ def parse_log_line(line: str) -> tuple[float, str, dict[str, Any]] | None:
         raise syntax_error("log line", text, len(text), "expected an interface and a frame")
     iface_at = text.index(parts[0], close + 1)
     frame_at = text.index(parts[1], iface_at + len(parts[0]))
+    from labctl.errors import BadArguments
+
     try:
         frame = parse_frame(parts[1])
-    except Exception as exc:  # re-point the caret into the whole line
-        from labctl.errors import BadArguments
-
-        if isinstance(exc, BadArguments):
-            col = int(exc.message.split("column ", 1)[1].split(":", 1)[0]) - 1
-            reason = exc.message.split(": ", 1)[1].split("\n", 1)[0]
-            raise syntax_error("log line", text, frame_at + col, reason) from None
-        raise
+    except BadArguments as exc:  # re-point the caret into the whole line
+        col, reason = exc.details["column"], exc.details["reason"]
+        raise syntax_error("log line", text, frame_at + col, reason) from None
     return ts, parts[0], frame
 
 
@@ -343,7 +345,9 @@ def isotp_send(
 
 @can.command("isotp-recv")
 @click.argument("device_name")
-@click.option("-l", "loop", is_flag=True, help="Keep receiving (until Ctrl-C or -T without a PDU).")
+@click.option(
+    "-l", "loop", is_flag=True, help="Keep receiving (until Ctrl-C or -w seconds without a PDU)."
+)
 @isotp_options
 @lease_option
 @broker_option

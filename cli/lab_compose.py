@@ -19,6 +19,7 @@ device is registered and online.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,26 +41,25 @@ def _port(address: Any, default: int) -> int:
         return default
 
 
-def _replace(value: Any, old: str, new: str) -> Any:
-    """``value`` with every string equal to ``old`` replaced by ``new`` (configs are trees)."""
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """``value`` (a config tree of dicts and lists) with ``fn`` applied to every string."""
     if isinstance(value, str):
-        return new if value == old else value
+        return fn(value)
     if isinstance(value, list):
-        return [_replace(v, old, new) for v in value]
+        return [_map_strings(v, fn) for v in value]
     if isinstance(value, dict):
-        return {k: _replace(v, old, new) for k, v in value.items()}
+        return {k: _map_strings(v, fn) for k, v in value.items()}
     return value
+
+
+def _replace(value: Any, old: str, new: str) -> Any:
+    """``value`` with every string equal to ``old`` replaced by ``new``."""
+    return _map_strings(value, lambda s: new if s == old else s)
 
 
 def _dollars(value: Any) -> Any:
     """Compose interpolates ``$``; the lab means it literally."""
-    if isinstance(value, str):
-        return value.replace("$", "$$")
-    if isinstance(value, list):
-        return [_dollars(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _dollars(v) for k, v in value.items()}
-    return value
+    return _map_strings(value, lambda s: s.replace("$", "$$"))
 
 
 def _device_names(svc: dict[str, Any]) -> list[str]:

@@ -34,6 +34,25 @@ class LabGroup(click.Group):
         except KeyboardInterrupt:
             sys.exit(130)
 
+    # Each kind's CLI group (``CLI = "module:group"`` in services/<kind>/__init__.py) is
+    # imported when it is used or listed, so a new kind adds no line here.
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        if self is not main:
+            return super().list_commands(ctx)
+        from labctl.kinds import cli_targets
+
+        return sorted({*self.commands, *cli_targets()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if self is main and name not in self.commands:
+            from labctl.kinds import cli_targets, load
+
+            target = cli_targets().get(name)
+            if target is not None:
+                command = load(target)  # the module registers the group on main itself
+                self.commands.setdefault(name, command)
+        return super().get_command(ctx, name)
+
 
 @click.group(cls=LabGroup, context_settings=CONTEXT)
 @click.version_option(package_name="labctl")
@@ -205,9 +224,7 @@ def lab_example(name: str) -> None:
     click.echo(example_lab_text(name), nl=False)
 
 
-from . import can_cmds as _can_cmds  # noqa: E402,F401
 from . import commands as _commands  # noqa: E402,F401  (registers the client commands)
 from . import lab_compose as _lab_compose  # noqa: E402,F401
 from . import sim_cmds as _sim_cmds  # noqa: E402,F401
-from . import storage_cmds as _storage_cmds  # noqa: E402,F401
 from . import uboot_cmds as _uboot_cmds  # noqa: E402,F401

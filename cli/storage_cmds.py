@@ -92,19 +92,15 @@ for _side, _help in (("host", "Switch the card to the host."), ("dut", "Switch t
 
 
 def _write_options(fn: Any) -> Any:
-    fn = click.option("--sha256", default=None, help="Expected sha256 of the decompressed image.")(
-        fn
-    )
-    fn = click.option(
-        "--bmap", default="auto", show_default=True,
-        help="A .bmap file, 'none', or 'auto' (IMAGE.bmap beside the image).",
-    )(fn)  # fmt: skip
-    fn = click.option("--verify", is_flag=True, help="Read the written ranges back and compare.")(
-        fn
-    )
-    fn = click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds.")(
-        fn
-    )
+    """The options ``write`` and ``flash`` share."""
+    for option in reversed([
+        click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds."),
+        click.option("--verify", is_flag=True, help="Read the written ranges back and compare."),
+        click.option("--bmap", default="auto", show_default=True,
+                     help="A .bmap file, 'none', or 'auto' (IMAGE.bmap beside the image)."),
+        click.option("--sha256", default=None, help="Expected sha256 of the decompressed image."),
+    ]):  # fmt: skip
+        fn = option(fn)
     return fn
 
 
@@ -160,7 +156,10 @@ def read(device_name: str, dest: str, size: str | None, broker: str | None) -> N
     if size is not None:
         from labctl.bmap import parse_size
 
-        n_size = parse_size(size)
+        try:
+            n_size = parse_size(size)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--size") from None
     with lab_from(broker) as lab:
         n = lab.device(device_name).dump(dest, n_size)
     click.echo(f"{device_name}: {_mib(n)} -> {dest}")

@@ -25,6 +25,7 @@ def uboot() -> None:
 
 
 def uboot_options(fn: Any) -> Any:
+    """The options every uboot command takes; they reach it as ``**board`` for ``prompt_on``."""
     for option in reversed([
         click.option("--prompt", default="=>", show_default=True, help="U-Boot's prompt."),
         click.option("--no-cycle", is_flag=True,
@@ -40,7 +41,13 @@ def uboot_options(fn: Any) -> Any:
 
 @contextmanager
 def prompt_on(
-    dut: str, lease_id: str | None, broker: str | None, prompt: str, no_cycle: bool, timeout: float
+    dut: str,
+    *,
+    lease_id: str | None,
+    broker: str | None,
+    prompt: str,
+    no_cycle: bool,
+    timeout: float,
 ) -> Iterator[Any]:
     """The board's U-Boot, in the given lease or a temporary one (reset when released)."""
     selector = dut if ("=" in dut or "," in dut) else f"dut={dut}"
@@ -58,18 +65,10 @@ def prompt_on(
 @click.argument("dut")
 @click.argument("command")
 @uboot_options
-def uboot_run(
-    dut: str,
-    command: str,
-    prompt: str,
-    no_cycle: bool,
-    timeout: float,
-    lease_id: str | None,
-    broker: str | None,
-) -> None:
+def uboot_run(dut: str, command: str, **board: Any) -> None:
     """Run COMMAND at DUT's U-Boot prompt; print its output, exit with its status."""
-    with prompt_on(dut, lease_id, broker, prompt, no_cycle, timeout) as ub:
-        status, output = ub.run_status(command, timeout)
+    with prompt_on(dut, **board) as ub:
+        status, output = ub.run_status(command, board["timeout"])
     click.echo(output, nl=False)
     sys.exit(0 if status == 0 else 1)
 
@@ -79,18 +78,9 @@ def uboot_run(
 @click.argument("assignment", required=False, metavar="[KEY[=VALUE]]")
 @click.option("--save", is_flag=True, help="Run saveenv after setting.")
 @uboot_options
-def uboot_env(
-    dut: str,
-    assignment: str | None,
-    save: bool,
-    prompt: str,
-    no_cycle: bool,
-    timeout: float,
-    lease_id: str | None,
-    broker: str | None,
-) -> None:
+def uboot_env(dut: str, assignment: str | None, save: bool, **board: Any) -> None:
     """Print the environment, KEY's value, or set KEY=VALUE (KEY= deletes it)."""
-    with prompt_on(dut, lease_id, broker, prompt, no_cycle, timeout) as ub:
+    with prompt_on(dut, **board) as ub:
         if assignment is None:
             for key, value in ub.printenv().items():
                 click.echo(f"{key}={value}")
@@ -105,5 +95,5 @@ def uboot_env(
             return
         ub.setenv(key, value if value else None)
         if save:
-            ub.run_checked("saveenv", timeout)
+            ub.run_checked("saveenv", board["timeout"])
         click.echo(f"{key}={value}" if value else f"{key} deleted")

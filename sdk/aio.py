@@ -23,7 +23,7 @@ import zmq
 
 from . import core, protocol
 from .aio_streams import AsyncByteStream, AsyncConsole, AsyncEventStream
-from .client import RequestForgotten, broker_address, holder_identity
+from .client import RequestForgotten, broker_address, holder_identity, identity_metadata
 from .durations import parse_duration
 from .errors import LabError, LeaseNotFound, LeaseRequired, MethodNotFound
 from .lease_view import LeaseView
@@ -146,6 +146,7 @@ class AsyncLab:
     async def __aenter__(self) -> AsyncLab:
         raw = zmq.Context.instance().socket(zmq.DEALER)
         raw.setsockopt(zmq.LINGER, 0)
+        raw.setsockopt(zmq.METADATA, identity_metadata())  # who we are, per connection
         raw.connect(self.address)
         self.sock = TrioSocket(raw)
         self._nursery_cm = trio.open_nursery()

@@ -18,7 +18,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from .errors import BadArguments
 from .lab import Device
@@ -32,6 +32,8 @@ EXTENDED, REMOTE, ERROR, FD, BRS, ESI, TX, LOST = 1, 2, 4, 8, 16, 32, 64, 128
 #: SocketCAN's flag bits in a filter id (``can_id`` / ``can_mask`` of struct can_filter)
 EFF_FLAG, RTR_FLAG, ERR_FLAG = 0x80000000, 0x40000000, 0x20000000
 FD_LENGTHS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64)
+#: bytes of records ``send_many`` puts in one stream message
+BATCH_BYTES = 60000
 
 
 def flags_of(msg: can.Message, tx: bool = False) -> int:
@@ -147,7 +149,31 @@ def filters_from_python_can(filters: Iterable[dict[str, Any]] | None) -> list[di
     return out
 
 
-class FrameStream:
+class _RecordStream:
+    """A device stream carrying packed records: reading chunks until a deadline, closing."""
+
+    stream: Any
+
+    def _read_chunk(self, deadline: float | None) -> bytes | None:
+        """The next chunk, or None once ``deadline`` (monotonic) passed or the stream closed."""
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            chunk = self.stream.read_some(remaining)
+        except TimeoutError:
+            return None
+        return chunk or None
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class FrameStream(_RecordStream):
     """Frames from a device's ``frames`` stream: ``recv(timeout)``, iteration (sync and
     async), ``send``/``send_many`` when opened with write access (the lease holder)."""
 
@@ -175,12 +201,8 @@ class FrameStream:
         """The next frame, or None after ``timeout`` s or once the stream is closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._ready:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                chunk = self.stream.read_some(remaining)
-            except TimeoutError:
-                return None
-            if not chunk:
+            chunk = self._read_chunk(deadline)
+            if chunk is None:
                 return None
             self._take(chunk)
         return self._ready.popleft()
@@ -217,21 +239,12 @@ class FrameStream:
         for msg in msgs:
             batch += pack(msg, tx=True, timestamp=0.0)
             n += 1
-            if len(batch) >= 60000:
+            if len(batch) >= BATCH_BYTES:
                 self.stream.write(bytes(batch))
                 batch.clear()
         if batch:
             self.stream.write(bytes(batch))
         return n
-
-    def close(self) -> None:
-        self.stream.close()
-
-    def __enter__(self) -> FrameStream:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __iter__(self) -> Iterator[can.Message]:
         while True:
@@ -291,7 +304,7 @@ class CanDevice(Device):
         return IsoTpStream(self, write, options)
 
 
-class IsoTpStream:
+class IsoTpStream(_RecordStream):
     """PDUs of a device's ``isotp`` stream (u32-length records on the wire)."""
 
     LENGTH = struct.Struct("<I")
@@ -310,23 +323,10 @@ class IsoTpStream:
                 if len(self._buf) >= size + n:
                     pdu, self._buf = self._buf[size : size + n], self._buf[size + n :]
                     return pdu
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                chunk = self.stream.read_some(remaining)
-            except TimeoutError:
-                return None
-            if not chunk:
+            chunk = self._read_chunk(deadline)
+            if chunk is None:
                 return None
             self._buf += chunk
 
     def send(self, pdu: bytes) -> None:
         self.stream.write(self.LENGTH.pack(len(pdu)) + bytes(pdu))
-
-    def close(self) -> None:
-        self.stream.close()
-
-    def __enter__(self) -> IsoTpStream:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

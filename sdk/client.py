@@ -8,6 +8,7 @@ safe; the lease keepalive thread uses its own.
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import socket
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from . import core, protocol
+from . import core, multipart, protocol
 from .errors import Timeout
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5550"
@@ -30,6 +31,11 @@ def broker_address(address: str | None = None) -> str:
 def holder_identity() -> str:
     """Who a lease is held by: user@host:pid (self-asserted until CurveZMQ identities)."""
     return f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
+
+
+def identity_metadata() -> bytes:
+    """The ZMTP property the broker takes lease holders and audit names from (PROTOCOL §7)."""
+    return b"X-Labctl-User:" + holder_identity().encode()
 
 
 def events_address(bus: str, advertised: str) -> str:
@@ -55,10 +61,12 @@ class BusClient:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.METADATA, identity_metadata())  # who we are, per connection
         self.sock.connect(self.address)
         self.requests = core.Requests()
         self.stream_handler: Any = None  # set by streams sharing this socket
         self._answered = False  # any reply yet? tells 'broker down' from 'call slow'
+        self._rcvtimeo = -1  # the RCVTIMEO now set on the socket (ms)
 
     def close(self) -> None:
         self.sock.close(0)
@@ -77,31 +85,45 @@ class BusClient:
         """
         timeout = self.timeout if timeout is None else timeout
         rid, frames = self.requests.frames(msg, timeout)
-        now = time.time()
+        now = time.monotonic()
         full_deadline = now + timeout
         # until the broker has answered once, give up early: it is probably not there
         deadline = full_deadline if self._answered else min(full_deadline, now + CONNECT_TIMEOUT)
         sock = self.sock
-        sock.send_multipart(frames)
+        multipart.send(sock, frames)
         heard = now
         while True:
             limit = deadline if idle is None else min(deadline, heard + idle)
-            remaining = limit - time.time()
-            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
-                if idle is not None and self._answered and time.time() < full_deadline:
+            got = self._receive_until(limit)
+            if got is None:
+                if idle is not None and self._answered and time.monotonic() < full_deadline:
                     raise RequestForgotten(f"the broker stopped answering about request {rid}")
                 waited = timeout if self._answered else CONNECT_TIMEOUT
                 raise core.timeout_error(self.address, msg, waited, self._answered)
-            got = protocol.decode(sock.recv_multipart())
             self._answered, deadline = True, full_deadline
             if got.id != rid:
                 if self.stream_handler is not None:
                     self.stream_handler(got)
                 continue
-            heard = time.time()
+            heard = time.monotonic()
             done, value = core.settle(got, progress)
             if done:
                 return value
+
+    def _receive_until(self, deadline: float) -> protocol.Message | None:
+        """The next message, waiting until ``deadline`` (monotonic); None after it.
+
+        A blocking recv bounded by RCVTIMEO, not a poll then a recv: one call into libzmq
+        and no Poller object per message (the request path is the RPC floor's, §13).
+        """
+        ms = max(1, math.ceil((deadline - time.monotonic()) * 1000))
+        if ms != self._rcvtimeo:
+            self.sock.setsockopt(zmq.RCVTIMEO, ms)
+            self._rcvtimeo = ms
+        try:
+            return protocol.decode(multipart.recv(self.sock))
+        except zmq.Again:
+            return None if time.monotonic() >= deadline else self._receive_until(deadline)
 
     def call(
         self,

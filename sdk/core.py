@@ -112,8 +112,10 @@ class StreamState:
         lease: str | None,
         args: dict[str, Any],
         resume: float = RESUME_FOR,
+        frame: int = MAX_WRITE,
     ) -> None:
         self.device, self.name, self.want_write, self.lease = device, name, write, lease
+        self.frame = frame  # bytes per STREAM-DATA we send
         self.args = dict(args)
         self.resume_for = resume
         self.sid: Any = -1
@@ -201,13 +203,22 @@ class StreamState:
 
     def data_frames(self, view: memoryview) -> tuple[list[Any], int]:
         """Frames for as much of ``view`` as credit allows (call only with credit > 0)."""
-        n = min(len(view), self.credit, MAX_WRITE)
+        n = min(len(view), self.credit, self.frame)
         self.credit -= n
         return protocol.StreamData(self.sid, [view[:n]]).to_frames(), n
 
     def ping_frames(self) -> list[Any]:
         """STREAM-CREDIT 0: the broker answers only if it does not know the stream."""
         return protocol.StreamCredit(self.sid, 0).to_frames()
+
+    def broker_silent(self, why: str) -> None:
+        """The broker did not answer a probe: reopen later if this stream may, else it is
+        closed for good (``finish()`` and writes raise StreamClosed with ``why``)."""
+        if self.resume_for > 0 and not self.ended:
+            self.pending_resume = why
+        elif self.closed_reason is None:
+            self.closed_reason = why
+            self.error = StreamClosed(f"{self.label}: {why}", {"reason": why})
 
     def end_frames(self) -> list[Any] | None:
         """End of data, once (None if already sent or closed)."""

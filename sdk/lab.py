@@ -58,7 +58,12 @@ class Device:
         return bound
 
     def stream(
-        self, name: str, write: bool | None = None, resume: float = 60.0, **args: Any
+        self,
+        name: str,
+        write: bool | None = None,
+        resume: float = 60.0,
+        frame_size: int | None = None,
+        **args: Any,
     ) -> Any:
         """Open a byte stream (``console``, ``frames``, ``upload``) on this device.
 
@@ -66,12 +71,17 @@ class Device:
         the service goes away, the stream reopens where it left off for up to ``resume``
         seconds before it reports the stream closed (0: report at once; right for uploads).
         An upload ends with ``stream.finish(timeout)``: the service's result, or its error.
+        ``frame_size``: bytes per data frame written (default 64 KiB; bulk uploads run
+        faster with larger frames, e.g. 1 MiB).
         """
+        from .core import MAX_WRITE
         from .streams import ByteStream
 
         if write is None:
             write = self.lease_id is not None
-        return ByteStream(self._lab, self.name, name, write, self.lease_id, args, resume)
+        return ByteStream(
+            self._lab, self.name, name, write, self.lease_id, args, resume, frame_size or MAX_WRITE
+        )
 
     def console(
         self, since: int | None = None, write: bool | None = None, encoding: str | None = "utf-8"
@@ -87,16 +97,12 @@ class Device:
 
 
 def device_class(kind: str | None) -> type[Device]:
-    """The proxy for a kind: kinds with client-side work (storage uploads) subclass Device."""
-    if kind == "storage":
-        from .storage import StorageDevice
+    """The proxy for a kind: the ``CLIENT`` its package declares (a Device subclass for
+    kinds with client-side work, such as storage uploads), else Device."""
+    from .kinds import client_target, load
 
-        return StorageDevice
-    if kind == "can":
-        from .can import CanDevice
-
-        return CanDevice
-    return Device
+    target = client_target(kind)
+    return Device if target is None else load(target)
 
 
 class Lease(LeaseView):

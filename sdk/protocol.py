@@ -56,6 +56,7 @@ NAMES = {
 MAX_FRAMES = 16
 MAX_HEADER = 64 * 1024
 MAX_PAYLOAD = 16 * 1024 * 1024
+ZERO_COPY = 64 * 1024  # frames from this size on are handed on without a copy (§3)
 
 # -- 4. Timing defaults ---------------------------------------------------------------------
 HEARTBEAT_INTERVAL = 2.0
@@ -504,6 +505,19 @@ class StreamData:
 
     def size(self) -> int:
         return sum(len(_raw(f)) for f in self.data)
+
+    def chunks(self, zero_copy: int = ZERO_COPY) -> list[bytes | memoryview]:
+        """The data as the receiver hands it on: bytes, except frames of ``zero_copy``
+        bytes or more received without copying (zmq.Frame), which stay a memoryview of
+        the message (an upload's megabyte frames are not copied again on the way in)."""
+        out: list[bytes | memoryview] = []
+        for f in self.data:
+            if isinstance(f, bytes):
+                out.append(f)
+            else:
+                buf = _raw(f)
+                out.append(buf if len(buf) >= zero_copy else bytes(buf))
+        return out
 
     @classmethod
     def parse(cls, msg: Message) -> StreamData:

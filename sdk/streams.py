@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from . import protocol
+from . import multipart, protocol
 from .client import BusClient
-from .core import PING_AFTER, RESUME_FOR, RETRY_OPEN, WINDOW, StreamState
+from .core import MAX_WRITE, PING_AFTER, RESUME_FOR, RETRY_OPEN, WINDOW, StreamState
 from .errors import LabError, Timeout
 
 if TYPE_CHECKING:
     from .lab import Lab
 
 __all__ = ["WINDOW", "PING_AFTER", "RESUME_FOR", "ByteStream"]
+
+PROBE_TIMEOUT = 3.0  # seconds an idle stream waits for the broker to answer `hello`
 
 
 class ByteStream:
@@ -36,9 +38,10 @@ class ByteStream:
         lease: str | None,
         args: dict[str, Any],
         resume: float = RESUME_FOR,
+        frame: int = MAX_WRITE,
     ) -> None:
         self.address = lab.address
-        self.state = StreamState(device, name, write, lease, args, resume)
+        self.state = StreamState(device, name, write, lease, args, resume, frame)
         self.device, self.name = device, name
         self._client: BusClient | None = None
         self._open()
@@ -110,10 +113,12 @@ class ByteStream:
         assert self._client is not None
         sock = self._client.sock
         wait = PING_AFTER if timeout is None else min(timeout, PING_AFTER)
-        if sock.poll(math.ceil(wait * 1000), zmq.POLLIN):
+        if multipart.events(sock) & multipart.POLLIN or sock.poll(
+            math.ceil(wait * 1000), zmq.POLLIN
+        ):
             while True:
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                    frames = multipart.recv(sock, multipart.NOBLOCK)
                 except zmq.Again:
                     break
                 try:
@@ -121,12 +126,23 @@ class ByteStream:
                 except LabError:
                     continue
         elif time.monotonic() - self._last_heard > PING_AFTER:
-            # idle: ask the broker whether it still knows this stream (it answers only if not)
+            # idle: ask the broker whether it still knows this stream (it answers only if
+            # not), and whether it is there at all (a killed broker answers nothing)
             self._send(self.state.ping_frames())
+            self._probe()
             self._last_heard = time.monotonic()
         if self.state.pending_resume is not None:
             why, self.state.pending_resume = self.state.pending_resume, None
             self._resume(why)
+
+    def _probe(self) -> None:
+        """A `hello` round trip on the stream's socket (stream messages that arrive
+        meanwhile are handled); silence closes or resumes the stream (StreamState)."""
+        assert self._client is not None
+        try:
+            self._client.request(protocol.Call.of("hello", {}), PROBE_TIMEOUT)
+        except Timeout as exc:
+            self.state.broker_silent(f"the broker at {self.address} stopped answering ({exc})")
 
     def wait(self, fds: list[int], timeout: float) -> list[int]:
         """Wait up to ``timeout`` s for stream input or one of ``fds`` (e.g. stdin) to be

@@ -14,10 +14,11 @@ from typing import Any
 import trio
 import zmq
 
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-_POLLOUT = int(zmq.POLLOUT)
-_NOBLOCK = int(zmq.NOBLOCK)
+from . import multipart
+from .multipart import NOBLOCK as _NOBLOCK
+from .multipart import POLLIN as _POLLIN
+from .multipart import POLLOUT as _POLLOUT
+
 _SAFETY = 0.05  # seconds; an upper bound on a lost edge, not a poll interval
 _SEND_RETRY = 0.005  # ROUTER_MANDATORY keeps POLLOUT set while one peer is full
 
@@ -35,15 +36,15 @@ class TrioSocket:
 
     def _poke(self) -> None:
         # Called after every successful operation: a sleeping waiter may have lost its edge.
-        if self._waiter is not None and self.sock.getsockopt(_EVENTS) & self._waiting_for:
+        if self._waiter is not None and multipart.events(self.sock) & self._waiting_for:
             self._waiter.cancel()
 
     async def _wait(self, flag: int, limit: float = _SAFETY) -> None:
-        if self.sock.getsockopt(_EVENTS) & flag:
+        if multipart.events(self.sock) & flag:
             return
         while self._waiter is not None:
             await self._lot.park()
-            if self.sock.getsockopt(_EVENTS) & flag:
+            if multipart.events(self.sock) & flag:
                 return
         scope = trio.CancelScope(deadline=trio.current_time() + limit)
         self._waiter, self._waiting_for = scope, flag
@@ -56,10 +57,10 @@ class TrioSocket:
 
     def recv_nowait(self, copy: bool = True) -> list[Any] | None:
         """One message if one is ready, else None: lets a loop drain without waiting."""
-        if not self.sock.getsockopt(_EVENTS) & _POLLIN:
+        if not multipart.events(self.sock) & _POLLIN:
             return None  # cheaper than provoking zmq.Again
         try:
-            frames = self.sock.recv_multipart(_NOBLOCK, copy=copy)
+            frames = multipart.recv(self.sock, _NOBLOCK, copy)
         except zmq.Again:
             return None
         self._poke()
@@ -79,7 +80,7 @@ class TrioSocket:
     def send_nowait(self, frames: list[Any], copy: bool = True) -> bool:
         """Send if possible now; False when the peer (or the socket) is full."""
         try:
-            self.sock.send_multipart(frames, _NOBLOCK, copy=copy)
+            multipart.send(self.sock, frames, _NOBLOCK, copy)
         except zmq.Again:
             return False
         self._poke()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import importlib.metadata
 import pkgutil
 from typing import Any
 
@@ -73,6 +72,8 @@ def catalog() -> Catalog:
             problems.append(kind)
         else:
             kinds[kind.name] = kind
+    import importlib.metadata  # ~2 MB resident: only when the whole catalog is asked for
+
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         kind_name, _, driver = ep.name.partition(".")
         dist = ep.dist.name if ep.dist is not None else "an installed distribution"
@@ -124,6 +125,9 @@ def _kind(kind: str) -> Kind:
 
 def load_driver(kind: str, driver: str) -> type[Driver]:
     """The driver class for ``kind``/``driver``; a clear ConfigError when there is none."""
+    builtin = _builtin_driver(kind, driver)
+    if builtin is not None:  # the kind's own driver wins over entry points anyway
+        return _load(builtin, f"{kind} driver {driver!r} (package labctl.services.{kind})")
     k = _kind(kind)
     target = k.drivers.get(driver)
     if target is None:
@@ -131,6 +135,20 @@ def load_driver(kind: str, driver: str) -> type[Driver]:
             f"unknown {kind} driver {driver!r}; known: {', '.join(sorted(k.drivers))}"
         )
     return _load(target, f"{kind} driver {driver!r} ({k.origins[driver]})")
+
+
+def _builtin_driver(kind: str, driver: str) -> str | None:
+    """``module:Class`` of a driver the kind's package names, read without the catalog
+    (a service starts without scanning installed distributions for entry points)."""
+    if not kind.isidentifier():
+        return None
+    try:
+        package = importlib.import_module(f"labctl.services.{kind}")
+    except ImportError:
+        return None
+    drivers = getattr(package, "DRIVERS", None)
+    target = drivers.get(driver) if isinstance(drivers, dict) else None
+    return target if isinstance(target, str) else None
 
 
 def load_interface(kind: str) -> type[Driver]:

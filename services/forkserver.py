@@ -6,7 +6,7 @@ those pages by touching them), and then forks one child per service on request. 
 the parent's pages copy-on-write; only what it changes is its own (DESIGN §13: under 12 MB
 unique memory per service).
 
-Protocol, one JSON object per line: lab up writes ``{"spawn": NAME, "config": PATH}`` on the
+Forked services are named ``svc:NAME`` (``ps -o pid,comm``). Protocol, one JSON object per line: lab up writes ``{"spawn": NAME, "config": PATH}`` on the
 server's stdin and reads ``{"spawned": NAME, "pid": PID}`` then, when the child exits,
 ``{"exited": PID, "rc": RC}`` on its stdout. The server never runs trio or ZeroMQ itself
 (neither survives a fork); each child starts both fresh. When lab up goes away (stdin closes,
@@ -15,6 +15,7 @@ or the parent dies: PDEATHSIG), the server terminates its children and exits.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -50,8 +51,17 @@ def preload(kinds_drivers: list[str]) -> None:
     importlib.invalidate_caches()
 
 
-def child(config: str, close_fds: list[int]) -> None:
-    """In the forked child: become the service named by ``config``; never returns."""
+def set_process_name(name: str) -> None:
+    """Name this process ``name`` for ps/top (``ps -o comm``); a fork keeps its parent's argv."""
+    import ctypes
+
+    PR_SET_NAME = 15
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15])
+
+
+def child(name: str, config: str, close_fds: list[int]) -> None:
+    """In the forked child: become the service ``name`` from ``config``; never returns."""
+    set_process_name(f"svc:{name}")
     signal.set_wakeup_fd(-1)  # trio sets its own
     for fd in close_fds:
         os.close(fd)
@@ -99,7 +109,7 @@ class ForkServer:
     def spawn(self, name: str, config: str) -> None:
         pid = os.fork()
         if pid == 0:
-            child(config, [self.wake_r, self.wake_w])
+            child(name, config, [self.wake_r, self.wake_w])
         self.children.add(pid)
         self.say({"spawned": name, "pid": pid})
 
@@ -158,6 +168,7 @@ class ForkServer:
 
 
 def main() -> None:
+    set_process_name("lab-forkserver")
     die_with_parent()
     preload(sys.argv[1:])
     gc.collect()
@@ -167,3 +178,132 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class ForkServerClient:
+    """`lab up`'s end of the fork server: spawn services in it and learn when they exit.
+
+    ``run()`` starts the server process and reads its reports until cancelled (it belongs in
+    the lab's nursery); ``spawn`` and ``wait`` are called by the supervisors. When the server
+    process dies, its children die with it (PDEATHSIG): every waiter gets rc ``None``, and
+    ``run`` starts a new server, so supervisors simply restart their service.
+    """
+
+    def __init__(self, kinds_drivers: list[str], env: dict[str, str]) -> None:
+        import trio
+
+        self.argv = [sys.executable, "-m", "labctl.services.forkserver", *kinds_drivers]
+        self.env = env
+        self._ready = trio.Event()
+        self._lock = trio.Lock()
+        self._answers: dict[str, trio.Event] = {}  # spawn requests by service name
+        self._pids: dict[str, int] = {}
+        self._exits: dict[int, trio.Event] = {}
+        self._rc: dict[int, int | None] = {}
+        self._proc: Any = None
+
+    async def run(self) -> None:
+        import subprocess
+
+        import trio
+
+        while True:
+            self._proc = subprocess.Popen(  # noqa: PLW1509 - lab up forks from its main thread
+                self.argv, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                preexec_fn=die_with_parent,
+            )  # fmt: skip
+            stdout = trio.lowlevel.FdStream(os.dup(self._proc.stdout.fileno()))
+            self._ready.set()
+            try:
+                buf = b""
+                while chunk := await stdout.receive_some(65536):
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        self._on_report(json.loads(line))
+            finally:
+                self._ready = trio.Event()
+                with trio.CancelScope(shield=True):
+                    await stdout.aclose()
+                    self._stop_server()
+                    for pid in list(self._exits):
+                        self._exited(pid, None)
+                    for answer in self._answers.values():
+                        answer.set()  # its spawn() fails and its supervisor retries
+            await trio.sleep(0.5)
+
+    def _on_report(self, msg: dict[str, Any]) -> None:
+        if "spawned" in msg:
+            self._pids[msg["spawned"]] = int(msg["pid"])
+            answer = self._answers.get(msg["spawned"])
+            if answer is not None:
+                answer.set()
+        elif "exited" in msg:
+            self._exited(int(msg["exited"]), msg.get("rc"))
+
+    def _exited(self, pid: int, rc: int | None) -> None:
+        self._rc[pid] = rc
+        event = self._exits.get(pid)
+        if event is not None:
+            event.set()
+
+    def _stop_server(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.stdin.close()  # the server terminates its children and exits
+            try:
+                proc.wait(10)
+            except Exception:
+                proc.kill()
+                proc.wait()
+
+    async def spawn(self, name: str, config: str) -> int:
+        """Fork the service ``name`` from its ``config`` file; returns its pid."""
+        import trio
+
+        async with self._lock:
+            await self._ready.wait()
+            answer = self._answers[name] = trio.Event()
+            self._pids.pop(name, None)
+            try:
+                line = json.dumps({"spawn": name, "config": config}).encode() + b"\n"
+                self._proc.stdin.write(line)
+                self._proc.stdin.flush()
+                with trio.fail_after(30):
+                    await answer.wait()
+            except (OSError, ValueError):  # the server just died: run() starts another
+                raise ChildProcessError("the fork server went away") from None
+            finally:
+                del self._answers[name]
+        if name not in self._pids:
+            raise ChildProcessError("the fork server went away")
+        pid = self._pids[name]
+        self._exits[pid] = trio.Event()
+        if pid in self._rc:  # it exited before we asked
+            self._exits[pid].set()
+        return pid
+
+    async def wait(self, pid: int) -> int | None:
+        """Wait until the forked ``pid`` exits; its exit code (None: the server died)."""
+        event = self._exits.get(pid)
+        if event is not None:
+            await event.wait()
+        self._exits.pop(pid, None)
+        return self._rc.pop(pid, None)
+
+    async def stop(self, pid: int) -> None:
+        """SIGTERM ``pid``, wait up to 5 s for it to exit, then SIGKILL it."""
+        import trio
+
+        with trio.CancelScope(shield=True):
+            if pid not in self._exits:
+                return  # already reaped
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return
+            with trio.move_on_after(5):
+                await self.wait(pid)
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

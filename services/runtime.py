@@ -15,6 +15,8 @@ import math
 import os
 import socket
 import time
+import types
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -45,6 +47,41 @@ log = structlog.get_logger("service")
 
 class BrokerLost(Exception):
     """The broker went silent or forgot us: reconnect and register again."""
+
+
+#: a driver call ready to run: request id, bound method, args, kwargs, its cancel scope, device
+_Call = tuple[Any, Any, list[Any], dict[str, Any], trio.CancelScope, str]
+
+
+@types.coroutine
+def stepped(coro: Coroutine[Any, Any, Any], on_suspend: Callable[[], None]) -> Any:
+    """``await coro``, calling ``on_suspend()`` once, when ``coro`` first suspends.
+
+    Everything runs in the awaiting task, as a plain ``await`` would (trio's traps, cancel
+    scopes and locks see the right task); only the first step is taken by hand, so the
+    caller learns whether the coroutine finished without suspending.
+    """
+    try:
+        trap = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    on_suspend()
+    while True:
+        try:
+            sent = yield trap
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # trio delivers Cancelled (and errors) by throwing
+            try:
+                trap = coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                trap = coro.send(sent)
+            except StopIteration as done:
+                return done.value
 
 
 def build_drivers(cfg: ServiceConfig, source: str, runtime: ServiceRuntime) -> dict[str, Driver]:
@@ -110,11 +147,11 @@ class ServiceRuntime:
         if self.sock is not None and self.registered.is_set():
             self.sock.send_nowait(frames)  # events are replayed after re-registration
 
-    async def _send(self, frames: list[Any]) -> None:
+    async def _send(self, frames: list[Any], copy: bool = True) -> None:
         if self.sock is None:
             raise trio.ClosedResourceError("not connected")
-        if not self.sock.send_nowait(frames):
-            await self.sock.send(frames)
+        if not self.sock.send_nowait(frames, copy):
+            await self.sock.send(frames, copy)
 
     # -- life cycle ---------------------------------------------------------------------
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -199,34 +236,53 @@ class ServiceRuntime:
                 self.sock.send_nowait(protocol.Heartbeat("service").to_frames())
 
     async def _receive_loop(self, sock: TrioSocket, nursery: trio.Nursery) -> None:
+        """Take every message that is ready, then wait. A driver call runs right here:
+        one that completes without suspending costs no task and no trip through the
+        scheduler (issue 8.5). One that suspends goes on in this task while a new task
+        takes over receiving (``_call_inline``); this one ends with its call."""
         while True:
-            frames = await sock.recv()
-            self._handle(frames, nursery)
-            for _ in range(256):
-                frames = sock.recv_nowait()
+            frames = await sock.recv(copy=False)  # stream payloads stay libzmq's memory
+            for _ in range(256):  # then a checkpoint, so a flood cannot starve the rest
+                call = self._handle(frames, nursery)
+                if call is not None and await self._call_inline(call, sock, nursery):
+                    return
+                frames = sock.recv_nowait(copy=False)
                 if frames is None:
                     break
-                self._handle(frames, nursery)
 
-    def _handle(self, frames: list[Any], nursery: trio.Nursery) -> None:
+    async def _call_inline(self, call: _Call, sock: TrioSocket, nursery: trio.Nursery) -> bool:
+        """Run ``call`` in this task; True if it suspended (another task receives now)."""
+        handed_off = False
+
+        def hand_off() -> None:
+            nonlocal handed_off
+            handed_off = True
+            nursery.start_soon(self._receive_loop, sock, nursery)
+
+        await self._run_call(*call, on_suspend=hand_off)
+        return handed_off
+
+    def _handle(self, frames: list[Any], nursery: trio.Nursery) -> _Call | None:
+        """Act on one message; a driver call to run is returned, not run."""
         self._last_heard = time.monotonic()
         try:
             msg = protocol.decode(frames)
         except ProtocolError as err:
             log.warning("bad message from broker", error=err.message)
-            return
+            return None
         try:
+            if msg.mtype == protocol.REQUEST:
+                return self._dispatch(msg, nursery)
             self._route(msg, nursery)
         except BrokerLost:
             raise
         except Exception:  # whatever a message holds, the service keeps running
             log.exception("message from the broker could not be handled", type=msg.name)
+        return None
 
     def _route(self, msg: Message, nursery: trio.Nursery) -> None:
         t = msg.mtype
-        if t == protocol.REQUEST:
-            self._dispatch(msg, nursery)
-        elif t == protocol.STREAM_DATA or t == protocol.STREAM_CREDIT or t == protocol.STREAM_CLOSE:
+        if t == protocol.STREAM_DATA or t == protocol.STREAM_CREDIT or t == protocol.STREAM_CLOSE:
             self._stream_message(msg, nursery)
         elif t == protocol.STREAM_OPEN:
             self._open_stream(msg, nursery)
@@ -255,7 +311,8 @@ class ServiceRuntime:
             self.publish(f"device.{name}.online", body)
 
     # -- requests -----------------------------------------------------------------------
-    def _dispatch(self, msg: Message, nursery: trio.Nursery) -> None:
+    def _dispatch(self, msg: Message, nursery: trio.Nursery) -> _Call | None:
+        """Answer a request; for an async method, the call to run (see _receive_loop)."""
         req = protocol.Request.parse(msg)
         rid, device, method = req.id, req.device, req.method
         try:
@@ -267,8 +324,8 @@ class ServiceRuntime:
                     for scope in self._mutating.pop(drv.name, set()):
                         self._revoked.add(scope)
                         scope.cancel()
-                    nursery.start_soon(self._run_reset, drv)
-                return
+                    nursery.start_soon(self._run_reset, drv, rid)
+                return None
             entry = self._entries.get((device, method))  # type: ignore[arg-type]
             if entry is None:
                 entry = self._entry(device, method)  # type: ignore[arg-type]
@@ -280,16 +337,17 @@ class ServiceRuntime:
                 timeout = req.timeout
                 # one cancel scope: its deadline is the caller's timeout, and a lease end
                 # cancels it (mutating calls only)
-                scope = trio.CancelScope()
                 if isinstance(timeout, (int, float)) and timeout > 0:
-                    scope.deadline = trio.current_time() + timeout
+                    scope = trio.CancelScope(deadline=trio.current_time() + timeout)
+                else:
+                    scope = trio.CancelScope()
                 if mutating:
                     self._mutating.setdefault(device, set()).add(scope)  # type: ignore[arg-type]
-                nursery.start_soon(self._run_call, rid, fn, args, kwargs, scope, device)
-                return
+                return (rid, fn, args, kwargs, scope, device)  # type: ignore[return-value]
             self._reply(rid, fn(*args, **kwargs))
         except Exception as exc:
             self._reply_error(rid, exc, device, method)
+        return None
 
     def _entry(self, device: str, method: str) -> tuple[Any, bool, bool, inspect.Signature | None]:
         """How to call ``device.method``, worked out once: the bound method, whether it is
@@ -325,13 +383,16 @@ class ServiceRuntime:
         kwargs: dict[str, Any],
         scope: trio.CancelScope,
         device: str,
+        on_suspend: Callable[[], None] | None = None,
     ) -> None:
         """Run one call; past the caller's timeout it is cancelled (nobody waits any more),
-        and a mutating call is cancelled when its lease ends (``__reset__``)."""
+        and a mutating call is cancelled when its lease ends (``__reset__``).
+        ``on_suspend`` is called when the call first suspends (see ``stepped``)."""
         revoked = scope.deadline == math.inf  # no timeout: any cancel is a lease end
         try:
             with scope:
-                result = await fn(*args, **kwargs)
+                coro = fn(*args, **kwargs)
+                result = await (coro if on_suspend is None else stepped(coro, on_suspend))
             if scope.cancelled_caught:
                 if revoked or scope in self._revoked:
                     self._revoked.discard(scope)
@@ -347,12 +408,19 @@ class ServiceRuntime:
             self._mutating.get(device, set()).discard(scope)
         self._reply(rid, result)
 
-    async def _run_reset(self, drv: Driver) -> None:
+    async def _run_reset(self, drv: Driver, rid: Any = None) -> None:
+        """Reset after a lease end; answered when the broker gave an id (PROTOCOL.md §8):
+        an ERROR makes the broker mark the device bad."""
         try:
             await drv.reset()
             log.info("device reset after lease end", device=drv.name)
         except Exception as exc:
             log.error("reset failed", device=drv.name, error=str(exc))
+            if rid is not None:
+                self._reply_error(rid, exc, drv.name, "reset")
+            return
+        if rid is not None:
+            self._reply(rid, None)
 
     def _reply(self, rid: Any, result: Any) -> None:
         try:
@@ -421,8 +489,8 @@ class ServiceRuntime:
             return
         if msg.mtype == protocol.STREAM_DATA:
             data = protocol.StreamData.parse(msg)
-            for frame in data.data:
-                end.deliver(frame)
+            for chunk in data.chunks():
+                end.deliver(chunk)
             if data.end:
                 end.end_of_data()
         elif msg.mtype == protocol.STREAM_CREDIT:

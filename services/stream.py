@@ -26,7 +26,8 @@ class StreamEnd(Protocol):
         ...
 
     async def receive(self) -> bytes:
-        """Next bytes the client wrote; raises ``trio.EndOfChannel`` when the client closes
+        """Next bytes the client wrote (chunks of 64 KiB or more come as a read-only
+        memoryview, not copied); raises ``trio.EndOfChannel`` when the client closes
         or ends its data (``finish()``); after the latter the stream stays open for the
         verdict: ``close(result=...)`` or ``fail(error)``."""
         ...

@@ -12,6 +12,9 @@ from labctl import protocol
 from labctl.errors import DriverError, LabError
 
 WINDOW = 1 << 20  # bytes a service grants a writing client at a time
+#: output chunks from this size on are sent without a copy when the driver gave bytes
+#: (immutable); below it a copy is cheaper than libzmq's release callback
+ZERO_COPY = 256 * 1024
 
 
 class BusStreamEnd:
@@ -59,7 +62,8 @@ class BusStreamEnd:
             n = min(len(view), self._credit)
             chunk = view[:n]
             self._credit -= n
-            await self._send(protocol.StreamData(self.sid, [chunk], meta).to_frames())
+            copy = n < ZERO_COPY or not isinstance(data, bytes)
+            await self._send(protocol.StreamData(self.sid, [chunk], meta).to_frames(), copy)
             if meta is not None:  # later pieces carry the offset on, not a gap again
                 meta = {"offset": meta["offset"] + n} if "offset" in meta else None
             view = view[n:]
@@ -69,8 +73,9 @@ class BusStreamEnd:
         self._credit_changed.set()
 
     # -- client -> device ---------------------------------------------------------------
-    def deliver(self, data: bytes) -> None:
-        """Queue bytes the client wrote (byte credit bounds how much can be queued)."""
+    def deliver(self, data: bytes | memoryview) -> None:
+        """Queue bytes the client wrote (byte credit bounds how much can be queued); big
+        chunks come as a memoryview of the received message (no copy)."""
         try:
             self._inbox_send.send_nowait(data)
         except (trio.ClosedResourceError, trio.BrokenResourceError):

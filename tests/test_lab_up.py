@@ -21,6 +21,24 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out.stdout.split()]
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _processes(up: int) -> list[tuple[str, int]]:
+    """lab up's processes (name, pid): its children, and the services its fork server forked."""
+    out = []
+    for pid in _children(up):
+        comm = _comm(pid)
+        if comm == "lab-forkserver":
+            out += [(_comm(c), c) for c in _children(pid)]
+        out.append((comm, pid))
+    return out
+
+
 def test_lab_up_starts_restarts_and_stops_everything(workdir) -> None:  # type: ignore[no-untyped-def]
     bus = f"ipc://{workdir}/bus"
     lab_file = workdir / "lab.yaml"
@@ -46,26 +64,24 @@ def test_lab_up_starts_restarts_and_stops_everything(workdir) -> None:  # type: 
                 return []
 
         wait_until(lambda: names() == ["pdu1.1", "pdu1.2", "plug"], 30, "the lab to come up")
-        children = _children(up.pid)
-        assert len(children) == 3  # broker + two services
-        plug_pid = next(
-            p for p in children if "plug.yaml" in Path(f"/proc/{p}/cmdline").read_text()
-        )
+        procs = dict(_processes(up.pid))  # the broker is "python3"
+        assert {"lab-forkserver", "svc:pdu1", "svc:plug"} <= set(procs) and len(procs) == 4, procs
+        plug_pid = procs["svc:plug"]
         os.kill(plug_pid, signal.SIGKILL)
         wait_until(
-            lambda: plug_pid not in _children(up.pid) and len(_children(up.pid)) == 3,
+            lambda: dict(_processes(up.pid)).get("svc:plug") not in (None, plug_pid),
             20,
             "a restart",
         )
         wait_until(lambda: "plug" in names(), 20, "the restarted service to register")
         # Healthy processes stay up: nothing restarts them on its own (trio's idle worker
         # threads exit after 10 s; children forked from one would be killed with it).
-        steady = sorted(_children(up.pid))
+        steady = sorted(_processes(up.pid))
         with pytest.raises(AssertionError):
-            wait_until(lambda: sorted(_children(up.pid)) != steady, 11, "no restarts")
+            wait_until(lambda: sorted(_processes(up.pid)) != steady, 11, "no restarts")
         up.send_signal(signal.SIGTERM)
         assert up.wait(20) == 0
-        for pid in steady:
+        for _, pid in steady:
             assert (
                 not os.path.exists(f"/proc/{pid}")
                 or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
@@ -85,9 +101,11 @@ def test_killing_lab_up_takes_its_children_with_it(workdir) -> None:  # type: ig
     up = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(
-            lambda: len(_children(up.pid)) == 7, 20, "broker, 4 services, 2 simulated boards"
+            lambda: len(_processes(up.pid)) == 8,
+            20,
+            "broker, fork server, 4 services, 2 simulated boards",
         )
-        children = _children(up.pid)
+        children = [pid for _, pid in _processes(up.pid)]
         up.kill()  # SIGKILL: lab up gets no chance to clean up
         up.wait()
         wait_until(
@@ -158,3 +176,20 @@ def test_lab_example_prints_the_lab_file_that_lab_up_runs_without_one(workdir) -
     run = workdir / "run"
     assert load_lab(str(copy), run) == load_lab(None, run)
     assert load_lab(None, run)["services"][1]["config"]["url"] == f"{run}/rpi4-01.tty"
+
+
+def test_lab_up_refuses_an_address_another_lab_holds(workdir) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    with socket.socket() as other:  # another lab's broker, listening on the bus port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "labctl.cli", "lab", "up", "--bus", f"tcp://127.0.0.1:{port}",
+             "--events", f"ipc://{workdir}/ev", "--dashboard", "off", "--state", str(workdir / "s")],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: bus address tcp://127.0.0.1:{port} is in use (another lab?)"
+    assert not (workdir / "s" / "run").exists()  # nothing started

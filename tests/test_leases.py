@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 from labctl.errors import (
     DeviceBusy,
@@ -397,3 +399,96 @@ def test_a_lease_ending_while_its_device_is_offline_resets_it_when_it_returns(
     # the mock starts "off", so start it "on" to see the owed reset switch it off
     harness.start_service(power_service("pdu7", outlets=1) | {"config": {"initial": True}})
     wait_until(lambda: harness.lab().device("pdu7.1").state() == "off", 10, "the owed reset")
+
+
+def test_a_failed_reset_marks_the_device_bad_until_an_admin_clears_it(harness: LabHarness) -> None:
+    harness.start_broker()
+    outlet = harness.root / "outlet"
+    harness.start_service({"service": "pdu", "kind": "power", "driver": "mock",
+                           "devices": [{"name": "p1", "labels": {"dut": "d1"},
+                                        "config": {"state_file": str(outlet)}}]})  # fmt: skip
+    lab = harness.lab()
+    with lab.lease("dut=d1") as lease:
+        lease["p1"].on()
+        outlet.with_suffix(".tmp").mkdir()  # the outlet can no longer be switched: it stays on
+    wait_until(lambda: lab.devices("name=p1")[0]["health"] == "bad", 10, "the failed reset")
+    assert outlet.read_text() == "on\n"
+    reason = lab.devices("name=p1")[0]["health_reason"]
+    assert reason.startswith("reset failed: IsADirectoryError")
+    journal = lab.client.call("audit", limit=20)
+    assert {"who": "broker", "action": "device.health", "target": "p1", "why": f"bad {reason}"} in [
+        {k: row[k] for k in ("who", "action", "target", "why")} for row in journal
+    ]
+    with pytest.raises(DeviceBusy, match="p1 in bad"):
+        lab.lease("dut=d1")  # not allocated ...
+    outlet.with_suffix(".tmp").rmdir()
+    lab.set_health("p1", "good", "outlet replaced")  # ... until an admin clears it
+    with lab.lease("dut=d1") as lease:
+        assert lease["p1"].on() == "on"
+    wait_until(lambda: outlet.read_text() == "off\n", 10, "the next reset to work")
+    assert lab.devices("name=p1")[0]["health"] == "good"
+
+
+def test_the_holder_and_the_audit_name_come_from_the_connection_not_the_call(
+    lab2: LabHarness,
+) -> None:
+    from labctl import protocol
+    from labctl.client import holder_identity
+
+    lab = lab2.lab()
+    me = holder_identity()
+    info = lab.client.call(
+        "lease.acquire", selector="dut=rpi4-01", holder="root@ci", keepalive=False
+    )
+    assert info["holder"] == me
+    assert [le["holder"] for le in lab.client.call("lease.list")["leases"]] == [me]
+    with pytest.raises(DeviceBusy, match=f"leased by {me}"):
+        lab2.lab().device("rpi4-01-power").on()
+    lab.client.call("lease.extend", id=info["id"], duration=60, who="root@ci")
+    lab.client.call("lease.release", id=info["id"], who="root@ci")
+    lab.client.call("health", name="rpi4-02-aux", health="maintenance", reason="t", who="root@ci")
+    mine = [r for r in lab.client.call("audit", limit=4)]
+    assert [r["action"] for r in mine] == [
+        "device.health", "lease.ended", "lease.extended", "lease.granted"
+    ]  # fmt: skip
+    assert {r["who"] for r in mine} == {me}
+    # a peer that declares nothing in its handshake is anonymous, whatever it claims
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(lab2.bus)
+    try:
+        call = protocol.Call.of("lease.acquire", {"selector": "dut=rpi4-01", "holder": me})
+        call.id = 1
+        sock.send_multipart(call.to_frames())
+        assert sock.poll(5000)
+        reply = protocol.Reply.parse(protocol.decode(sock.recv_multipart()))
+        assert reply.result["holder"].startswith("anonymous")
+    finally:
+        sock.close()
+
+
+def test_a_locked_database_delays_a_grant_but_never_the_brokers_loop(lab2: LabHarness) -> None:
+    lab, other = lab2.lab(timeout=15), lab2.lab()
+    db = sqlite3.connect(lab2.root / "state" / "broker.sqlite3", timeout=0, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")  # a backup or an admin's shell holding the write lock
+    got: dict[str, object] = {}
+
+    def acquire() -> None:
+        got["lease"] = lab.lease("dut=rpi4-01", duration="1m")
+
+    waiter = threading.Thread(target=acquire)
+    waiter.start()
+    try:
+        # the broker granted it in memory; the reply waits for the commit the lock holds up
+        wait_until(lambda: other.client.call("lease.list")["leases"], 5, "the grant")
+        for _ in range(20):  # meanwhile the loop answers at once (it would block in SQLite)
+            t0 = time.monotonic()
+            assert other.device("rpi4-02-power").state() == "off"
+            assert time.monotonic() - t0 < 0.5
+        assert waiter.is_alive() and "lease" not in got
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+        waiter.join(10)
+    assert isinstance(got["lease"], Lease)
+    got["lease"].release()  # type: ignore[attr-defined]

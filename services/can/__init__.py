@@ -11,3 +11,6 @@ DRIVERS = {
     "mock": "labctl.services.can.mock:MockCan",
     "python-can": "labctl.services.can.python_can:PythonCan",
 }
+#: the kind's CLI group and SDK proxy (labctl.kinds reads them; names only)
+CLI = "labctl.cli.can_cmds:can"
+CLIENT = "labctl.can:CanDevice"

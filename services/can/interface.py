@@ -276,8 +276,9 @@ class CanDriver(Driver):
     ) -> int:
         """Send one ISO-TP PDU (waiting up to ``wait`` s for each flow control); returns its length."""
         opts = IsoTpOptions.of(locals())
-        await self.isotp.send(opts, _bytes(data))
-        return len(data)
+        payload = _bytes(data)
+        await self.isotp.send(opts, payload)
+        return len(payload)  # bytes sent, whether ``data`` came as bytes, hex or a list
 
     @export(mutating=True)
     async def isotp_recv(

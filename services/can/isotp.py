@@ -24,7 +24,7 @@ import isotp
 import trio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from labctl.errors import BadArguments, DriverError, Timeout
+from labctl.errors import BadArguments, DeviceOffline, DriverError, Timeout
 
 from ..bridges.can import thread_send
 
@@ -142,8 +142,6 @@ class IsoTpSession:
         self, driver: CanDriver, opts: IsoTpOptions, accept: set[int], listen: bool
     ) -> None:
         if driver.bus is None:
-            from labctl.errors import DeviceOffline
-
             raise DeviceOffline(f"{driver.name}: CAN bus not open")
         self.opts = opts
         self.address = opts.address()

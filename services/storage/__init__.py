@@ -11,3 +11,6 @@ DRIVERS = {
     "mock": "labctl.services.storage.mock:MockStorage",
     "sdwire": "labctl.services.storage.sdwire:SdWireStorage",
 }
+#: the kind's CLI group and SDK proxy (labctl.kinds reads them; names only)
+CLI = "labctl.cli.storage_cmds:storage"
+CLIENT = "labctl.storage:StorageDevice"

@@ -9,31 +9,22 @@ feeds it, reports progress, and stops it when the lease ends or the broker goes 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import trio
-from pydantic import field_validator
+from pydantic import BeforeValidator, field_validator
 
 from labctl.bmap import Bmap, parse_bmap, parse_size
-from labctl.errors import BadArguments, DriverError, LabError
+from labctl.errors import BadArguments, DriverError, LabError, LeaseRequired
 
 from ..driver import Driver, DriverConfig
 from ..export import export
-from .pipeline import (
-    Aborted,
-    CountingReader,
-    ImageWriter,
-    Progress,
-    UploadPipe,
-    WritePlan,
-    Written,
-    mib,
-)
+from .pipeline import Aborted, Progress, WritePlan, mib
 from .sources import RemoteSource, bmap_candidates, is_uri, redact
+from .writer_thread import UploadPipe, failure_text, write_image
 
 SIDES = ("host", "dut", "off")
 PROGRESS_EVERY = 0.5  # seconds between progress events: a few per second at most
@@ -45,20 +36,19 @@ class WrongSide(DriverError):
     a DriverError, so every client raises a class it knows)."""
 
 
+#: a byte count in a config: 67108864, "64MiB", "8GB"
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
+
 class StorageConfig(DriverConfig):
     #: named opendal operators: {images: {scheme: s3, bucket: ..., endpoint: ...}}
     sources: dict[str, dict[str, Any]] = {}
     #: fdatasync after this many bytes (bounds dirty data on real cards); 0: only at the end
-    sync_every: int | str = 0
+    sync_every: ByteSize = 0
     #: the final fsync must finish within this many seconds
     fsync_timeout: float = 300.0
     #: fsync at the end of a write (a mock on a scratch file may skip it)
     fsync: bool = True
-
-    @field_validator("sync_every")
-    @classmethod
-    def _size(cls, v: int | str) -> int:
-        return parse_size(v)
 
     @field_validator("sources")
     @classmethod
@@ -210,7 +200,7 @@ class StorageDriver(Driver):
         decompressed size when known, sha256, bmap XML, whether only mapped ranges come."""
         args = end.args
         if not end.writable:
-            raise LabError("uploading needs the device's lease")
+            raise LeaseRequired(f"{self.name}: uploading an image needs the device's lease")
         size = args.get("size")
         if not isinstance(size, int) or size < 0:
             raise BadArguments("upload needs 'size': the number of bytes that will be sent")
@@ -227,30 +217,17 @@ class StorageDriver(Driver):
         if plan.ranges_only and plan.bmap is None:
             raise BadArguments("ranges_only needs a bmap")
         pipe = UploadPipe()
-
-        async def feed() -> None:
-            got = 0
-            try:
-                while True:
-                    data = await end.receive()
-                    got += len(data)
-                    await pipe.put(data)
-            except trio.EndOfChannel:
-                pass
-            if got == size:
-                pipe.finish()
-            else:
-                pipe.abort(Aborted(f"the upload ended after {got} of {size} bytes"))
-
-        return await self._write(plan, lambda: pipe, feeder=feed, pipe=pipe,
-                                 switch=bool(args.get("switch")))  # fmt: skip
+        return await self._write(plan, lambda: pipe, feeder=lambda: pipe.fill(end, size),
+                                 pipe=pipe, switch=bool(args.get("switch")))  # fmt: skip
 
     async def _dump(self, end: Any) -> None:
         size = end.args.get("size")
+        if size is not None and (not isinstance(size, int) or size < 0):
+            raise BadArguments("dump takes 'size': a non-negative number of bytes, or none")
         path = await self._readable_path()
         total = await trio.to_thread.run_sync(_size_of, path)
-        size = total if size is None else min(int(size), total)
-        fd = os.open(path, os.O_RDONLY)
+        size = total if size is None else min(size, total)
+        fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             off = 0
             while off < size:
@@ -274,14 +251,19 @@ class StorageDriver(Driver):
     ) -> dict[str, Any]:
         if self._busy is not None:
             raise DriverError(f"{self.name}: busy ({self._busy}); wait for it to finish")
-        side = await self.current_side()
+        self._busy = f"write {plan.source}"  # claimed before the first await: one write at a time
+        try:
+            side = await self.current_side()
+        except BaseException:
+            self._busy = None
+            raise
         if side == "dut" and not switch:
+            self._busy = None
             raise WrongSide(
                 f"{self.name}: the card is switched to the DUT; writing now would corrupt it "
                 f"under the board. Switch it first (`labctl storage host {self.name}`) or "
                 "pass --switch (switch=True)"
             )
-        self._busy = f"write {plan.source}"
         self._done = trio.Event()
         abort = self._abort = threading.Event()
         progress = Progress()
@@ -293,13 +275,26 @@ class StorageDriver(Driver):
                 await self._switch("host", force=True)
             path = await self.target_path()
             self._publish_status()
-            written = await self._run_write(path, plan, open_source, feeder, pipe, progress, abort)
+            plan.sync_every = self.config.sync_every
+            plan.write_rate = int(getattr(self.config, "write_rate", 0) or 0)
+            written = await write_image(
+                self.name,
+                path,
+                plan,
+                open_source,
+                progress,
+                abort,
+                ticker=lambda: self._ticker(progress, plan),
+                feeder=feeder,
+                pipe=pipe,
+                fsync_timeout=self.config.fsync_timeout if self.config.fsync else None,
+            )
         except BaseException as exc:
             abort.set()
             if pipe is not None:
                 pipe.abort(Aborted("write stopped"))
             record["result"] = "failed"
-            record["error"] = _why(exc)
+            record["error"] = failure_text(exc)
             record["duration"] = round(time.time() - record["time"], 3)
             self._emit_progress(progress, plan, "failed", error=record["error"])
             self._publish_status()
@@ -321,52 +316,6 @@ class StorageDriver(Driver):
         self._emit_progress(progress, plan, "done")
         self._publish_status()
         return dict(record)
-
-    async def _run_write(
-        self,
-        path: str,
-        plan: WritePlan,
-        open_source: Any,
-        feeder: Any,
-        pipe: UploadPipe | None,
-        progress: Progress,
-        abort: threading.Event,
-    ) -> Written:
-        plan.sync_every = int(self.config.sync_every)
-        plan.write_rate = int(getattr(self.config, "write_rate", 0) or 0)
-        fd = await trio.to_thread.run_sync(os.open, path, os.O_RDWR | os.O_CLOEXEC)
-        leaked = False
-        try:
-            target_size = await trio.to_thread.run_sync(_size_of_fd, fd)
-            writer = ImageWriter(fd, target_size, plan, progress, abort)
-
-            def write() -> Written:
-                return writer.run(CountingReader(open_source(), abort))
-
-            with _single_error():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._ticker, progress, plan)
-                    if feeder is not None:
-                        nursery.start_soon(feeder)
-                    written = await _step(write, abort, pipe)
-                    if self.config.fsync:
-                        progress.enter("sync", None)
-                        with trio.move_on_after(self.config.fsync_timeout):
-                            await trio.to_thread.run_sync(os.fsync, fd, abandon_on_cancel=True)
-                            progress.phase = "synced"
-                        if progress.phase != "synced":
-                            leaked = True  # a thread is still inside fsync(fd): keep fd open
-                            raise DriverError(
-                                f"{self.name}: fsync did not finish within "
-                                f"{self.config.fsync_timeout:g}s (the card may be failing)"
-                            )
-                    if plan.verify:
-                        await _step(lambda: writer.verify(written), abort, None)
-                    nursery.cancel_scope.cancel()
-            return written
-        finally:
-            if not leaked:
-                os.close(fd)
 
     async def _ticker(self, progress: Progress, plan: WritePlan) -> None:
         while True:
@@ -416,73 +365,10 @@ class StorageDriver(Driver):
         self.ctx.publish_status(status)
 
 
-async def _step(fn: Any, abort: threading.Event, pipe: UploadPipe | None) -> Any:
-    """Run ``fn`` in a worker thread; if this task is cancelled meanwhile (lease end,
-    broker lost), tell the thread to stop and wait for it, so no thread outlives the fd."""
-
-    finished = False
-
-    async def watch() -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            if not finished:
-                abort.set()
-                if pipe is not None:
-                    pipe.abort(Aborted("write stopped"))
-
-    with _single_error():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch)
-            try:
-                return await trio.to_thread.run_sync(fn)
-            finally:
-                finished = True
-                nursery.cancel_scope.cancel()
-
-
-@contextlib.contextmanager
-def _single_error() -> Any:
-    """Re-raise a nursery's lone error as itself (callers and the bus expect LabErrors,
-    not a group of one); cancellations stay as trio raised them."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-        if len(real) == 1:
-            raise real[0] from None
-        if not real and leaves:
-            raise leaves[0] from None
-        raise
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
-    return [exc]
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, LabError):
-        return exc.message
-    if isinstance(exc, Aborted) and str(exc).startswith("the upload ended"):
-        return f"{exc} (the client went away or the lease ended)"
-    if isinstance(exc, (trio.Cancelled, Aborted)):
-        return "stopped before it finished (lease ended, client or broker went away)"
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(_why(e) for e in exc.exceptions)
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _size_of_fd(fd: int) -> int:
-    return os.lseek(fd, 0, os.SEEK_END)
-
-
 def _size_of(path: str) -> int:
     fd = os.open(path, os.O_RDONLY)
     try:
-        return _size_of_fd(fd)
+        return os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)
 
@@ -495,4 +381,4 @@ def _pread_file(path: str, offset: int, size: int) -> bytes:
         os.close(fd)
 
 
-__all__ = ["StorageDriver", "StorageConfig", "WrongSide", "parse_size", "Bmap", "mib"]
+__all__ = ["StorageDriver", "StorageConfig", "WrongSide", "ByteSize", "parse_size", "Bmap", "mib"]

@@ -11,42 +11,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from labctl.errors import DriverError
 
-from .interface import StorageConfig, StorageDriver, parse_size
+from .interface import ByteSize, StorageConfig, StorageDriver
 
 
 class MockStorageConfig(StorageConfig):
     path: Path
-    size: int | str = "64MiB"
+    size: Annotated[ByteSize, Field(gt=0)] = 64 << 20
     initial: str = "off"
     state_file: Path | None = None
     #: when the card file is new, put a simulated image of this version on it (the
     #: example lab's boards boot out of the box)
     seed_version: str | None = None
     #: at most this many bytes/s, like a real card (tests of slow writes); 0: unlimited
-    write_rate: int | str = 0
+    write_rate: ByteSize = 0
 
-    @field_validator("write_rate")
+    @field_validator("initial", mode="before")
     @classmethod
-    def _rate(cls, v: int | str) -> int:
-        return parse_size(v)
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: int | str) -> int:
-        n = parse_size(v)
-        if n <= 0:
-            raise ValueError("size must be positive")
-        return n
-
-    @field_validator("initial")
-    @classmethod
-    def _initial(cls, v: str) -> str:
+    def _initial(cls, v: object) -> object:
+        if v is False:  # YAML 1.1 reads a bare `initial: off` as false
+            return "off"
         if v not in ("host", "dut", "off"):
             raise ValueError("initial must be host, dut or off")
         return v
@@ -66,10 +55,10 @@ class MockStorage(StorageDriver):
         if self.config.seed_version and not path.exists():
             from .simimage import write_sim_image
 
-            write_sim_image(str(path), self.config.seed_version, int(self.config.size))
+            write_sim_image(str(path), self.config.seed_version, self.config.size)
         with open(path, "ab") as f:  # creates it; never truncates what a test put there
-            if f.tell() < int(self.config.size):
-                f.truncate(int(self.config.size))  # sparse: costs no disk
+            if f.tell() < self.config.size:
+                f.truncate(self.config.size)  # sparse: costs no disk
         self._write_state()
         self._observed(self._at)
 

@@ -26,7 +26,7 @@ import usb.core
 from labctl.errors import DriverError
 
 from ..bridges import usb as usb_bridge
-from .interface import StorageConfig, StorageDriver
+from .interface import ByteSize, StorageConfig, StorageDriver
 
 VENDOR_ID, PRODUCT_ID = 0x04E8, 0x6001  # what sd-mux-ctrl programs into the FT200XD
 SET_BITMODE, READ_PINS = 0x0B, 0x0C
@@ -46,7 +46,7 @@ class SdWireConfig(StorageConfig):
     sysfs: str = "/sys"
     usb_timeout: float = 1.0
     #: bound dirty data on a real card: fdatasync every so often
-    sync_every: int | str = "64MiB"
+    sync_every: ByteSize = 64 << 20
 
 
 def _is_sdwire(dev: usb.core.Device) -> bool:

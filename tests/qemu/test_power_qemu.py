@@ -7,11 +7,22 @@ physical board.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
-from ..harness import LabHarness, wait_until
+import pytest
+import trio
+
+from labctl import Lab
+from labctl.errors import DriverError
+from labctl.services.driver import DeviceContext
+from labctl.services.power import qemu
+from labctl.services.power.qemu import QemuConfig, QemuPower
+
+from ..harness import LabHarness, free_port, wait_until
 from .conftest import BOOT_TIMEOUT, need_qemu
 
 
@@ -23,18 +34,25 @@ def login(con, timeout: float = BOOT_TIMEOUT) -> None:
     con.expect("# ", timeout=20)
 
 
-def put_card(harness: LabHarness, dut: str, image, side: str = "dut") -> None:
-    disk = harness.root / f"{dut}.disk"
-    shutil.copyfile(image, disk)
+def x86_board(harness: LabHarness, board, image: Path, side: str = "dut") -> tuple[str, Lab]:
+    """An x86_64 board without its storage service: the test plays the card, copying
+    ``image`` to the board's disk with the mux at ``side``. Its dut name and a Lab."""
+    dut = board("x86_64", storage=False)
+    shutil.copyfile(image, harness.root / f"{dut}.disk")
     (harness.root / f"{dut}.mux").write_text(side + "\n")
+    return dut, harness.lab(timeout=10)
+
+
+def qemu_power(**config: object) -> QemuPower:
+    """A ``qemu`` power driver outside any service (its events go nowhere)."""
+    ctx = DeviceContext("b-power", lambda *a: None, lambda *a: None)
+    return QemuPower(ctx, QemuConfig(**config))
 
 
 def test_x86_board_boots_its_disk_to_login_and_powers_off_from_the_guest(
     harness: LabHarness, board, images
 ) -> None:
-    dut = board("x86_64", storage=False)
-    put_card(harness, dut, images("x86_64", "2026.12-a"))
-    lab = harness.lab(timeout=10)
+    dut, lab = x86_board(harness, board, images("x86_64", "2026.12-a"))
     with lab.lease(f"dut={dut}") as lease:
         assert lease.power.state() == "off"
         with lease.serial.console() as con:
@@ -55,9 +73,7 @@ def test_x86_board_boots_its_disk_to_login_and_powers_off_from_the_guest(
 def test_board_without_its_card_finds_no_bootable_device(
     harness: LabHarness, board, images
 ) -> None:
-    dut = board("x86_64", storage=False)
-    put_card(harness, dut, images("x86_64", "2026.12-a"), side="host")
-    lab = harness.lab(timeout=10)
+    dut, lab = x86_board(harness, board, images("x86_64", "2026.12-a"), side="host")
     with lab.lease(f"dut={dut}") as lease, lease.serial.console() as con:
         lease.power.on()
         con.expect("No bootable device", timeout=BOOT_TIMEOUT)
@@ -69,9 +85,7 @@ def test_board_without_its_card_finds_no_bootable_device(
 def test_power_cycle_keeps_one_console_and_its_scrollback(
     harness: LabHarness, board, images
 ) -> None:
-    dut = board("x86_64", storage=False)
-    put_card(harness, dut, images("x86_64", "2026.12-a"), side="host")
-    lab = harness.lab(timeout=10)
+    dut, lab = x86_board(harness, board, images("x86_64", "2026.12-a"), side="host")
     with lab.lease(f"dut={dut}") as lease:
         with lease.serial.console() as con:
             lease.power.on()
@@ -92,31 +106,17 @@ def test_power_cycle_keeps_one_console_and_its_scrollback(
 
 
 def test_a_machine_without_qemu_gets_one_line_naming_the_package(monkeypatch) -> None:
-    import trio
-
-    from labctl.errors import DriverError
-    from labctl.services.driver import DeviceContext
-    from labctl.services.power import qemu
-
     monkeypatch.setattr(qemu.shutil, "which", lambda name: None)
-    offline: list[tuple[bool, str]] = []
-    ctx = DeviceContext("b-power", lambda *a: None, lambda on, why: offline.append((on, why)))
     for machine, package in (("x86_64", "qemu-system-x86"), ("aarch64", "qemu-system-arm")):
-        cfg = qemu.QemuConfig(machine=machine, disk="/nonexistent", console_port=1)
-        driver = qemu.QemuPower(ctx, cfg)
-        try:
+        driver = qemu_power(machine=machine, disk="/nonexistent", console_port=1)
+        with pytest.raises(DriverError) as err:
             trio.run(driver.set_power, True)
-        except DriverError as exc:
-            message = str(exc)
-        assert message == (
+        assert str(err.value) == (
             f"b-power: qemu-system-{machine} not found: install the Debian package {package}"
         )
 
 
 def test_qemu_dies_with_its_power_service_even_on_kill_9(harness: LabHarness, board) -> None:
-    import os
-    import signal
-
     dut = board("x86_64", storage=False)
     disk = harness.root / f"{dut}.disk"
     disk.write_bytes(bytes(1 << 20))  # a card with nothing bootable: only the process matters
@@ -152,20 +152,10 @@ def _cmdline(proc: Path) -> str:
 
 
 def test_qemu_failing_at_start_is_one_line_with_its_error(tmp_path: Path) -> None:
-    import trio
-
-    from labctl.errors import DriverError
-    from labctl.services.driver import DeviceContext
-    from labctl.services.power import qemu
-
-    from ..harness import free_port
-
     need_qemu("x86_64")
-    ctx = DeviceContext("b-power", lambda *a: None, lambda *a: None)
-    cfg = qemu.QemuConfig(
+    driver = qemu_power(
         disk=tmp_path / "none.disk", console_port=free_port(), extra_args=["-no-such-option"]
     )
-    driver = qemu.QemuPower(ctx, cfg)
 
     async def main() -> str:
         async with trio.open_nursery() as nursery:

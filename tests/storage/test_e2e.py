@@ -12,31 +12,18 @@ from ..serial.helpers import SimDut
 
 
 def board(harness: LabHarness) -> SimDut:
+    """A simulated board as three services in one ``dut`` group: power, console, storage."""
     root = harness.root
     dut = SimDut(root / "b1.tty", root / "b1.power", "--hostname", "b1",
                  "--storage", str(root / "b1.card"), "--storage-state", str(root / "b1.side"))  # fmt: skip
-    harness.start_service(
-        {
-            "service": "b1-power",
-            "kind": "power",
-            "driver": "mock",
-            "labels": {"dut": "b1"},
-            "config": {"state_file": str(root / "b1.power")},
-        }
-    )
-    harness.start_service(
-        {
-            "service": "b1-console",
-            "kind": "serial",
-            "driver": "pyserial",
-            "labels": {"dut": "b1"},
-            "config": {"url": str(root / "b1.tty")},
-        }
-    )
-    harness.start_service({"service": "b1-storage", "kind": "storage", "driver": "mock",
-                           "labels": {"dut": "b1"},
-                           "config": {"path": str(root / "b1.card"), "size": "64MiB",
-                                      "state_file": str(root / "b1.side"), "fsync": False}})  # fmt: skip
+    for service, kind, driver, config in (
+        ("b1-power", "power", "mock", {"state_file": str(root / "b1.power")}),
+        ("b1-console", "serial", "pyserial", {"url": str(root / "b1.tty")}),
+        ("b1-storage", "storage", "mock", {"path": str(root / "b1.card"), "size": "64MiB",
+                                           "state_file": str(root / "b1.side"), "fsync": False}),
+    ):  # fmt: skip
+        harness.start_service({"service": service, "kind": kind, "driver": driver,
+                               "labels": {"dut": "b1"}, "config": config})  # fmt: skip
     return dut
 
 

@@ -101,3 +101,45 @@ async def trio_thread(fn):  # type: ignore[no-untyped-def]
     import trio
 
     return await trio.to_thread.run_sync(fn)
+
+
+@trio_test
+async def test_default_sizes_are_bytes_and_a_card_written_with_them_works(tmp_path: Path) -> None:
+    """Size defaults ("64MiB") are byte counts, not strings a write trips over."""
+    from labctl.services.storage.mock import MockStorage
+
+    card = _card(tmp_path)
+    src = tmp_path / "img"
+    src.write_bytes(b"\x05" * (1 << 20))
+    mux = FakeSdWire("sdw-1")
+    cfg = {"storage_device": str(card), "fsync": False}
+    async with running(SdWireStorage, cfg, backend=FakeSdWireBackend([mux])) as (drv, _):
+        assert drv.config.sync_every == 64 << 20
+        assert (await drv.write(f"fs://{src}", switch=True))["result"] == "good"
+    async with running(MockStorage, {"path": str(tmp_path / "mock.card")}) as (drv, _):
+        assert (await drv.info())["size"] == 64 << 20
+
+
+@trio_test
+async def test_a_second_write_while_one_runs_is_refused_as_busy(tmp_path: Path) -> None:
+    import trio
+
+    card = _card(tmp_path)
+    src = tmp_path / "img"
+    src.write_bytes(b"\x05" * (1 << 20))
+    mux = FakeSdWire("sdw-1")
+    cfg = {"storage_device": str(card), "fsync": False}
+    async with running(SdWireStorage, cfg, backend=FakeSdWireBackend([mux])) as (drv, _):
+        results: list[object] = []
+
+        async def write() -> None:
+            try:
+                results.append((await drv.write(f"fs://{src}", switch=True))["result"])
+            except DriverError as exc:
+                results.append(str(exc))
+
+        async with trio.open_nursery() as nursery:  # both start before either reads the mux
+            nursery.start_soon(write)
+            nursery.start_soon(write)
+        assert results.count("good") == 1, results
+        assert any("busy" in str(r) for r in results), results
