@@ -89,13 +89,20 @@ class BusSocket:
             multipart.send(self.sock, frames, _NOBLOCK)
         except zmq.Again:
             return False  # ROUTER_MANDATORY refuses the first frame; nothing went out
-        if self._parked and not self._drain_due and self.ready():
+        if self._parked:
             # A timer task or a store callback sent while serve() slept: the send may have
-            # taken the FD's edge. Handle what waits right after the current step (not inside
-            # the caller, which may be in the middle of changing state).
+            # taken the FD's edge.
+            self.look()
+        return True
+
+    def look(self) -> None:
+        """If serve() sleeps while a message waits, handle it right after the current step
+        (not inside the caller, which may be in the middle of changing state). Sends from
+        outside the loop call it; so does the heartbeat tick, bounding any edge lost some
+        other way to one interval."""
+        if self._parked and not self._drain_due and self.ready():
             self._drain_due = True
             trio.lowlevel.current_trio_token().run_sync_soon(self._drain_if_parked)
-        return True
 
     def _drain_if_parked(self) -> None:
         self._drain_due = False

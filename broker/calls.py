@@ -26,6 +26,8 @@ from .registry import Registry
 from .store_thread import StoreThread
 
 LATER = object()
+#: rows an ``events`` or ``audit`` call returns at most (the reply is packed on the loop)
+MAX_ROWS = 10_000
 
 #: identity arguments older SDKs send; the connection says who is calling instead
 IGNORED = {
@@ -133,7 +135,8 @@ class BrokerCalls:
     ) -> object:
         """Journal rows newer than ``since`` seconds ago whose topic matches the glob (on the
         store thread, after the events buffered so far are written)."""
-        since_ts, topic, limit = time.time() - float(since), str(topic), int(limit)
+        since_ts, topic = time.time() - float(since), str(topic)
+        limit = max(0, min(int(limit), MAX_ROWS))
         self.hub().flush()
         reply = self._later(ident, rid)
 
@@ -159,7 +162,8 @@ class BrokerCalls:
         return self.leases.set_health(name, health, reason, self.peers.identity(ident))
 
     def audit(self, ident: bytes, rid: Any, limit: int = 100) -> object:
-        self.store.submit(self.store.store.audit_rows, int(limit), then=self._later(ident, rid))
+        limit = max(0, min(int(limit), MAX_ROWS))
+        self.store.submit(self.store.store.audit_rows, limit, then=self._later(ident, rid))
         return LATER
 
     # -- leases -------------------------------------------------------------------------

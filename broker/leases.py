@@ -93,7 +93,7 @@ class LeaseTable:
         self.leases: dict[str, Lease] = {}
         self.queue = WaitQueue(outbox)
         self.access = LeaseAccess(self.leases, group_label)
-        self.resets = Resets(outbox, self.reset_failed)
+        self.resets = Resets(outbox, self.reset_failed, self.poke)
         #: devices whose lease ended while they were offline: reset them when they return
         self.owed_reset: set[str] = set()
         self._changed = trio.Event()
@@ -174,9 +174,17 @@ class LeaseTable:
         self, selector: str, duration: float, holder: str, matched: list[Device], grace: float
     ) -> Lease | None:
         for _, devs in sorted(self._groups(matched).items()):
-            if all(d.lease is None and d.online and d.health == "good" for d in devs):
+            if all(self._allocatable(d) for d in devs):
                 return self._grant(selector, duration, holder, devs, grace)
         return None
+
+    def _allocatable(self, dev: Device) -> bool:
+        return (
+            dev.lease is None
+            and dev.online
+            and dev.health == "good"
+            and not self.resets.resetting(dev.name)
+        )
 
     def _grant(
         self, selector: str, duration: float, holder: str, devs: list[Device], grace: float
@@ -221,6 +229,8 @@ class LeaseTable:
                 reasons.append(f"{dev.name} offline")
             elif dev.health != "good":
                 reasons.append(f"{dev.name} in {dev.health}")
+            elif self.resets.resetting(dev.name):
+                reasons.append(f"{dev.name} being reset")
         offline = [d for d in matched if not d.online and d.lease is None]
         if len(offline) == len(matched):  # nothing is busy: everything is down
             why = "; ".join(_named(d.name, d.offline_reason()) for d in offline[:5])

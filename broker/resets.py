@@ -4,8 +4,10 @@ The broker sends each device whose lease ended a ``__reset__`` REQUEST with an i
 (``reset-<n>``, a string, so it never meets a client request's broker id); the service runs
 the driver's ``reset()`` and answers. An ERROR means the reset failed (the outlet may still be
 on): the lease table marks the device ``bad`` with the reason, journaled, and it is not
-allocated until an admin clears it. A service that never answers (older than this rule, or
-hung) changes nothing: the entry is forgotten after its deadline.
+allocated until an admin clears it. While a reset is unanswered the device is ``resetting``
+and not allocated either, so the next holder never gets a board whose reset may yet fail.
+A service that never answers (older than this rule, or hung) holds it back only until the
+deadline; a service that goes away releases it at once (it comes back offline anyway).
 """
 
 from __future__ import annotations
@@ -37,11 +39,18 @@ class PendingReset:
 
 
 class Resets:
-    def __init__(self, outbox: Outbox, failed: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, outbox: Outbox, failed: Callable[[str, str], None], settled: Callable[[], None]
+    ) -> None:
         self.outbox = outbox
         self.failed = failed  # (device name, reason): what a failed reset does
+        self.settled = settled  # a device may be allocatable again: serve the queue
         self.pending: dict[str, PendingReset] = {}
         self._n = 0
+
+    def resetting(self, name: str) -> bool:
+        """Whether ``name`` has a reset that has not been answered yet."""
+        return any(e.device == name for e in self.pending.values())
 
     def send(self, dev: Device) -> None:
         self._n += 1
@@ -62,14 +71,19 @@ class Resets:
             err = protocol.Error.parse(msg)
             log.error("reset failed", device=entry.device, code=err.code, error=err.message)
             self.failed(entry.device, f"reset failed: {err.message}")
+        self.settled()
         return True
 
     def forget_expired(self, now: float) -> None:
-        for rid, entry in list(self.pending.items()):
-            if entry.deadline < now:
-                log.warning("reset not answered", device=entry.device)
-                del self.pending[rid]
+        expired = [rid for rid, entry in self.pending.items() if entry.deadline < now]
+        for rid in expired:
+            log.warning("reset not answered", device=self.pending.pop(rid).device)
+        if expired:
+            self.settled()
 
     def service_lost(self, ident: bytes) -> None:
-        for rid in [r for r, e in self.pending.items() if e.service == ident]:
+        lost = [r for r, e in self.pending.items() if e.service == ident]
+        for rid in lost:
             del self.pending[rid]
+        if lost:
+            self.settled()

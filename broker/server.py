@@ -252,6 +252,8 @@ class Broker:
                 if p.deadline < now - 1.0:  # the caller gave up: forget the route
                     del self.pending[rid]
                     self.metrics.rpc_done(rid, "timeout")
+            assert self.bus is not None
+            self.bus.look()  # a safety net: a message no edge announced waits one tick at most
             wall = time.time()
             self.leases.tick()
             self.leases.queue.remind()

@@ -121,10 +121,11 @@ def _run_forwarding_ctrl_c(argv: list[str], env: dict[str, str]) -> int:
     how to stop (pytest tears down its fixtures); we wait for it, then release."""
     import signal
 
-    proc = subprocess.Popen(argv, env=env)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A no-op handler, set before the child starts: a Ctrl-C right after the start must not
+    # end us first. (Not SIG_IGN: the child would inherit an ignored SIGINT across exec.)
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
     try:
-        return proc.wait()
+        return subprocess.Popen(argv, env=env).wait()
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -68,7 +68,7 @@ def prompt_on(
 def uboot_run(dut: str, command: str, **board: Any) -> None:
     """Run COMMAND at DUT's U-Boot prompt; print its output, exit with its status."""
     with prompt_on(dut, **board) as ub:
-        status, output = ub.run_status(command, board["timeout"])
+        status, output = ub.run_status(command)  # within --timeout, as every call
     click.echo(output, nl=False)
     sys.exit(0 if status == 0 else 1)
 
@@ -95,5 +95,5 @@ def uboot_env(dut: str, assignment: str | None, save: bool, **board: Any) -> Non
             return
         ub.setenv(key, value if value else None)
         if save:
-            ub.run_checked("saveenv", board["timeout"])
+            ub.run_checked("saveenv")
         click.echo(f"{key}={value}" if value else f"{key} deleted")

@@ -96,10 +96,12 @@ class UBoot:
             self.console = None
 
     # -- commands ------------------------------------------------------------------------
-    def run_status(self, command: str, timeout: float = 30.0) -> tuple[int, str]:
-        """Run ``command`` at the prompt; its exit status and output (``\\n`` line ends)."""
+    def run_status(self, command: str, timeout: float | None = None) -> tuple[int, str]:
+        """Run ``command`` at the prompt (within ``timeout`` s, default the helper's own);
+        its exit status and output (``\\n`` line ends)."""
         if "\n" in command or "\r" in command:
             raise ValueError("one U-Boot command line at a time (no line breaks)")
+        timeout = self.timeout if timeout is None else timeout
         con = self._console()
         tag = secrets.token_hex(4)
         mark = f"LBM{tag}"
@@ -112,11 +114,11 @@ class UBoot:
         con.expect_exact(self.prompt, timeout=timeout)
         return status, output
 
-    def run(self, command: str, timeout: float = 30.0) -> str:
+    def run(self, command: str, timeout: float | None = None) -> str:
         """Run ``command``; its output, whatever its exit status."""
         return self.run_status(command, timeout)[1]
 
-    def run_checked(self, command: str, timeout: float = 30.0) -> str:
+    def run_checked(self, command: str, timeout: float | None = None) -> str:
         """Run ``command``; its output, or ``UBootCommandFailed`` on a non-zero status."""
         status, output = self.run_status(command, timeout)
         if status != 0:

@@ -72,9 +72,9 @@ def catalog() -> Catalog:
             problems.append(kind)
         else:
             kinds[kind.name] = kind
-    import importlib.metadata  # ~2 MB resident: only when the whole catalog is asked for
+    from importlib import metadata  # ~2 MB resident: only when the whole catalog is asked for
 
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         kind_name, _, driver = ep.name.partition(".")
         dist = ep.dist.name if ep.dist is not None else "an installed distribution"
         origin = f"entry point {ep.name!r} of {dist}"

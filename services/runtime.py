@@ -241,11 +241,14 @@ class ServiceRuntime:
         scheduler (issue 8.5). One that suspends goes on in this task while a new task
         takes over receiving (``_call_inline``); this one ends with its call."""
         while True:
-            frames = await sock.recv(copy=False)  # stream payloads stay libzmq's memory
-            for _ in range(256):  # then a checkpoint, so a flood cannot starve the rest
+            frames: list[Any] | None = await sock.recv(copy=False)  # payloads: no copy
+            for left in range(255, -1, -1):  # at most 256, then recv() checkpoints
+                assert frames is not None
                 call = self._handle(frames, nursery)
                 if call is not None and await self._call_inline(call, sock, nursery):
                     return
+                if not left:
+                    break
                 frames = sock.recv_nowait(copy=False)
                 if frames is None:
                     break

@@ -11,7 +11,7 @@ import trio
 from labctl import protocol
 from labctl.errors import DriverError, LabError
 
-WINDOW = 1 << 20  # bytes a service grants a writing client at a time
+WINDOW = 4 << 20  # bytes a service grants a writing client at a time (4 upload frames)
 #: output chunks from this size on are sent without a copy when the driver gave bytes
 #: (immutable); below it a copy is cheaper than libzmq's release callback
 ZERO_COPY = 256 * 1024

@@ -36,5 +36,7 @@ def test_kind_cli_groups_are_registered_from_the_catalog() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "labctl.cli", "--help"], capture_output=True, text=True, check=True
     )
-    listed = {line.split()[0] for line in out.stdout.split("Commands:")[1].splitlines() if line.strip()}
+    listed = {
+        line.split()[0] for line in out.stdout.split("Commands:")[1].splitlines() if line.strip()
+    }
     assert {"storage", "can", "power", "serial"} <= listed

@@ -492,3 +492,21 @@ def test_a_locked_database_delays_a_grant_but_never_the_brokers_loop(lab2: LabHa
         waiter.join(10)
     assert isinstance(got["lease"], Lease)
     got["lease"].release()  # type: ignore[attr-defined]
+
+
+def test_a_device_is_not_allocated_while_its_reset_is_unanswered(harness: LabHarness) -> None:
+    harness.start_broker()
+    started, gate = harness.root / "reset-started", harness.root / "gate"
+    # The outlet's off command (the reset) waits for the test to open the gate.
+    off = f"touch {started}; while [ ! -e {gate} ]; do sleep 0.02; done"
+    harness.start_service({"service": "relay", "kind": "power", "driver": "shell",
+                           "devices": [{"name": "r1", "labels": {"dut": "d1"}}],
+                           "config": {"on": "true", "off": off, "timeout": 30}})  # fmt: skip
+    lab = harness.lab()
+    lab.lease("dut=d1").release()
+    wait_until(started.exists, 10, "the reset to start")
+    with pytest.raises(DeviceBusy, match="r1 being reset"):
+        lab.lease("dut=d1")
+    gate.touch()
+    with lab.lease("dut=d1", wait="10s") as lease:  # granted once the reset is answered
+        assert lease.devices == ["r1"]

@@ -72,6 +72,8 @@ def build_app(view: LabView, fanout: Fanout, metrics: BrokerMetrics) -> Starlett
             since = parse_duration(q.get("since", "1h"))
             limit = min(int(q.get("limit", "1000")), 10000)
             after = int(q.get("after", "0"))
+            if limit < 1:
+                raise ValueError(f"limit must be at least 1, not {limit}")
         except (LabError, ValueError) as err:
             return JSON({"error": str(getattr(err, "message", err))}, status_code=400)
         rows = await view.lab.history(since, q.get("topic", "*"), limit)

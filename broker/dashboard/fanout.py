@@ -55,8 +55,9 @@ class Fanout:
 
     A change is pushed at once when things were quiet; after a push, further changes wait
     ``PUSH_GAP`` and go out together as one message: the devices that changed, the leases
-    and the queue (if anything changed), and the events since the last push. Pages see changes within ``PUSH_GAP``, and fifty pages
-    watching a busy lab cost the broker's loop a few sends per page per second.
+    and the queue (if anything changed), and the events since the last push. Pages see
+    changes within ``PUSH_GAP``, and fifty pages watching a busy lab cost the broker's loop
+    a few sends per page per second.
     """
 
     def __init__(self, view: LabView) -> None:

@@ -157,15 +157,21 @@ class CanDriver(Driver):
         """Send frames now and show them to this device's readers."""
         bridge = self.bridge
         if bridge is None:
-            raise DeviceOffline(f"{self.name}: CAN bus not open: {self._error}")
+            raise self._offline()
         for msg in msgs:
-            if msg.is_fd and not self.config.fd:
-                raise BadArguments(f"{self.name}: the bus is not configured for CAN FD (fd: true)")
+            self._check_fd(msg)
             try:
                 bridge.send(msg)
             except can.CanError as exc:
                 raise DriverError(f"{self.name}: send failed: {exc}") from exc
         self._received(msgs, tx=True)
+
+    def _check_fd(self, msg: can.Message) -> None:
+        if msg.is_fd and not self.config.fd:
+            raise BadArguments(f"{self.name}: the bus is not configured for CAN FD (fd: true)")
+
+    def _offline(self) -> DeviceOffline:
+        return DeviceOffline(f"{self.name}: CAN bus not open: {self._error}")
 
     def transmitted(self, msg: can.Message) -> None:
         """A frame another thread sent on the bus (ISO-TP): show it to the readers."""
@@ -205,10 +211,9 @@ class CanDriver(Driver):
         if not isinstance(period, int | float) or period <= 0:
             raise BadArguments(f"period must be a positive number of seconds, not {period!r}")
         msg = message(id, _bytes(data), extended, fd, brs)
-        if msg.is_fd and not self.config.fd:
-            raise BadArguments(f"{self.name}: the bus is not configured for CAN FD (fd: true)")
+        self._check_fd(msg)
         if self.bus is None:
-            raise DeviceOffline(f"{self.name}: CAN bus not open: {self._error}")
+            raise self._offline()
         task = self.bus.send_periodic(msg, float(period), duration, store_task=False)
         task_id = f"p{next(self._task_ids)}"
         self.periodic[task_id] = task
@@ -258,6 +263,9 @@ class CanDriver(Driver):
                                  "frames": self.bridge.frames}  # fmt: skip
         return out
 
+    # isotp_send and isotp_recv spell out the same ISO-TP options (IsoTpOptions validates
+    # them): @export describes a method by its signature, which the CLI, the interface
+    # listing and the conformance test read, so **options would hide them.
     @export(mutating=True)
     async def isotp_send(
         self,

@@ -3,8 +3,9 @@ and the ``upload`` (write) and ``dump`` (read) streams.
 
 Drivers implement a few primitives (``select``, ``current_side``, ``target_path``); the
 write path (sources, decompression, bmap, hashing, verification, progress, safety) is
-written once here. Images are written by a worker thread (``pipeline``); the trio side
-feeds it, reports progress, and stops it when the lease ends or the broker goes away.
+written once here. Images are decompressed (``decompress``) and written (``pipeline``) by
+a worker thread; the trio side (``writer_thread``) feeds it, reports progress, and stops
+it when the lease ends or the broker goes away.
 """
 
 from __future__ import annotations

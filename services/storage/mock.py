@@ -79,6 +79,8 @@ class MockStorage(StorageDriver):
 
     def _write_state(self) -> None:
         if self.config.state_file is not None:
-            tmp = self.config.state_file.with_suffix(".tmp")
+            # b1.side -> b1.side.tmp: never b1.tmp, which the board's mock power (b1.power)
+            # uses for its own state file at the same moment (both reset at lease end)
+            tmp = self.config.state_file.with_name(self.config.state_file.name + ".tmp")
             tmp.write_text(self._at + "\n")
             os.replace(tmp, self.config.state_file)

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from labctl import Lab
+
 from ..harness import LabHarness, free_port
 
 BOOT_TIMEOUT = 60  # seconds to login: under TCG on a loaded 2-core machine (2-5 s when idle)
@@ -24,6 +26,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.qemu)
+
+
+def login(con: Any, timeout: float = BOOT_TIMEOUT) -> None:
+    """Log in as root/labctl on a booting board's console; returns at the shell prompt."""
+    con.expect("login: ", timeout=timeout)
+    con.sendline("root")
+    con.expect("Password: ", timeout=20)
+    con.sendline("labctl")
+    con.expect("# ", timeout=20)
+
+
+def card_board(
+    harness: LabHarness, board: Any, arch: str, image: Path, side: str = "dut"
+) -> tuple[str, Lab]:
+    """A board without its storage service: the test plays the card, copying ``image`` to
+    the board's disk with the mux at ``side``. Its dut name and a Lab."""
+    dut = board(arch, storage=False)
+    shutil.copyfile(image, harness.root / f"{dut}.disk")
+    (harness.root / f"{dut}.mux").write_text(side + "\n")
+    return dut, harness.lab(timeout=10)
 
 
 def need_qemu(arch: str) -> None:

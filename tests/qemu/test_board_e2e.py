@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ..harness import LabHarness, wait_until
-from .conftest import BOOT_TIMEOUT
-from .test_power_qemu import login
+from .conftest import BOOT_TIMEOUT, login
 
 
 def os_release(con) -> str:

@@ -10,8 +10,7 @@ from labctl.cli.lab_up import load_lab
 from labctl.lab import Lab
 
 from ..harness import free_port, wait_until
-from .conftest import BOOT_TIMEOUT, need_qemu
-from .test_power_qemu import login
+from .conftest import BOOT_TIMEOUT, login, need_qemu
 
 
 def test_the_qemu_example_lab_flashes_and_boots_its_x86_board(workdir, images) -> None:

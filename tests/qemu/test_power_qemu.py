@@ -8,7 +8,6 @@ physical board.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -16,31 +15,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from labctl import Lab
 from labctl.errors import DriverError
 from labctl.services.driver import DeviceContext
 from labctl.services.power import qemu
 from labctl.services.power.qemu import QemuConfig, QemuPower
 
 from ..harness import LabHarness, free_port, wait_until
-from .conftest import BOOT_TIMEOUT, need_qemu
-
-
-def login(con, timeout: float = BOOT_TIMEOUT) -> None:
-    con.expect("login: ", timeout=timeout)
-    con.sendline("root")
-    con.expect("Password: ", timeout=20)
-    con.sendline("labctl")
-    con.expect("# ", timeout=20)
-
-
-def x86_board(harness: LabHarness, board, image: Path, side: str = "dut") -> tuple[str, Lab]:
-    """An x86_64 board without its storage service: the test plays the card, copying
-    ``image`` to the board's disk with the mux at ``side``. Its dut name and a Lab."""
-    dut = board("x86_64", storage=False)
-    shutil.copyfile(image, harness.root / f"{dut}.disk")
-    (harness.root / f"{dut}.mux").write_text(side + "\n")
-    return dut, harness.lab(timeout=10)
+from .conftest import BOOT_TIMEOUT, card_board, login, need_qemu
 
 
 def qemu_power(**config: object) -> QemuPower:
@@ -52,7 +33,7 @@ def qemu_power(**config: object) -> QemuPower:
 def test_x86_board_boots_its_disk_to_login_and_powers_off_from_the_guest(
     harness: LabHarness, board, images
 ) -> None:
-    dut, lab = x86_board(harness, board, images("x86_64", "2026.12-a"))
+    dut, lab = card_board(harness, board, "x86_64", images("x86_64", "2026.12-a"))
     with lab.lease(f"dut={dut}") as lease:
         assert lease.power.state() == "off"
         with lease.serial.console() as con:
@@ -73,7 +54,7 @@ def test_x86_board_boots_its_disk_to_login_and_powers_off_from_the_guest(
 def test_board_without_its_card_finds_no_bootable_device(
     harness: LabHarness, board, images
 ) -> None:
-    dut, lab = x86_board(harness, board, images("x86_64", "2026.12-a"), side="host")
+    dut, lab = card_board(harness, board, "x86_64", images("x86_64", "2026.12-a"), side="host")
     with lab.lease(f"dut={dut}") as lease, lease.serial.console() as con:
         lease.power.on()
         con.expect("No bootable device", timeout=BOOT_TIMEOUT)
@@ -85,7 +66,7 @@ def test_board_without_its_card_finds_no_bootable_device(
 def test_power_cycle_keeps_one_console_and_its_scrollback(
     harness: LabHarness, board, images
 ) -> None:
-    dut, lab = x86_board(harness, board, images("x86_64", "2026.12-a"), side="host")
+    dut, lab = card_board(harness, board, "x86_64", images("x86_64", "2026.12-a"), side="host")
     with lab.lease(f"dut={dut}") as lease:
         with lease.serial.console() as con:
             lease.power.on()

@@ -7,14 +7,11 @@ import pytest
 from labctl.uboot import UBootCommandFailed
 
 from ..harness import LabHarness
-from .conftest import BOOT_TIMEOUT
-from .test_power_qemu import login, put_card
+from .conftest import BOOT_TIMEOUT, card_board, login
 
 
 def test_uboot_prompt_commands_environment_and_boot(harness: LabHarness, board, images) -> None:
-    dut = board("aarch64", storage=False)
-    put_card(harness, dut, images("aarch64", "2026.12-u"))
-    lab = harness.lab(timeout=10)
+    dut, lab = card_board(harness, board, "aarch64", images("aarch64", "2026.12-u"))
     with lab.lease(f"dut={dut}") as lease, lease.uboot(timeout=BOOT_TIMEOUT) as ub:
         assert ub.run("printenv bootcmd").strip() == "bootcmd=run distro_bootcmd"
         assert ub.run_checked("echo hello; echo world") == "hello\nworld\n"
@@ -40,8 +37,7 @@ def test_uboot_prompt_commands_environment_and_boot(harness: LabHarness, board, 
 def test_uboot_cli_runs_commands_and_sets_the_environment(
     harness: LabHarness, board, images
 ) -> None:
-    dut = board("aarch64", storage=False)
-    put_card(harness, dut, images("aarch64", "2026.12-u"))
+    dut, lab = card_board(harness, board, "aarch64", images("aarch64", "2026.12-u"))
 
     def cli(*args: str, lease: str = ""):
         env = {"LABCTL_LEASE": lease} if lease else {}
@@ -50,7 +46,6 @@ def test_uboot_cli_runs_commands_and_sets_the_environment(
     shown = cli("run", dut, "printenv bootcmd")  # a one-shot lease: the board ends off
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == "bootcmd=run distro_bootcmd\n"
-    lab = harness.lab(timeout=10)
     assert lab.device(f"{dut}-power").call("state") == "off"
 
     # a session in a held lease: the board stays at the prompt, --no-cycle attaches to it

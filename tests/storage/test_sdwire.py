@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,38 +104,35 @@ async def trio_thread(fn):  # type: ignore[no-untyped-def]
     return await trio.to_thread.run_sync(fn)
 
 
-@trio_test
-async def test_default_sizes_are_bytes_and_a_card_written_with_them_works(tmp_path: Path) -> None:
-    """Size defaults ("64MiB") are byte counts, not strings a write trips over."""
-    from labctl.services.storage.mock import MockStorage
-
-    card = _card(tmp_path)
+def _sdwire_and_image(tmp_path: Path) -> tuple[Any, str]:
+    """``running(...)`` of an SD-Wire with a card and no extra config, and a 1 MiB raw
+    image's fs:// URI."""
     src = tmp_path / "img"
     src.write_bytes(b"\x05" * (1 << 20))
-    mux = FakeSdWire("sdw-1")
-    cfg = {"storage_device": str(card), "fsync": False}
-    async with running(SdWireStorage, cfg, backend=FakeSdWireBackend([mux])) as (drv, _):
+    cfg = {"storage_device": str(_card(tmp_path)), "fsync": False}
+    backend = FakeSdWireBackend([FakeSdWire("sdw-1")])
+    return running(SdWireStorage, cfg, backend=backend), f"fs://{src}"
+
+
+@trio_test
+async def test_the_default_sync_every_is_bytes_and_a_write_with_it_works(tmp_path: Path) -> None:
+    sdwire, uri = _sdwire_and_image(tmp_path)
+    async with sdwire as (drv, _):
         assert drv.config.sync_every == 64 << 20
-        assert (await drv.write(f"fs://{src}", switch=True))["result"] == "good"
-    async with running(MockStorage, {"path": str(tmp_path / "mock.card")}) as (drv, _):
-        assert (await drv.info())["size"] == 64 << 20
+        assert (await drv.write(uri, switch=True))["result"] == "good"
 
 
 @trio_test
 async def test_a_second_write_while_one_runs_is_refused_as_busy(tmp_path: Path) -> None:
     import trio
 
-    card = _card(tmp_path)
-    src = tmp_path / "img"
-    src.write_bytes(b"\x05" * (1 << 20))
-    mux = FakeSdWire("sdw-1")
-    cfg = {"storage_device": str(card), "fsync": False}
-    async with running(SdWireStorage, cfg, backend=FakeSdWireBackend([mux])) as (drv, _):
+    sdwire, uri = _sdwire_and_image(tmp_path)
+    async with sdwire as (drv, _):
         results: list[object] = []
 
         async def write() -> None:
             try:
-                results.append((await drv.write(f"fs://{src}", switch=True))["result"])
+                results.append((await drv.write(uri, switch=True))["result"])
             except DriverError as exc:
                 results.append(str(exc))
 
