@@ -9,11 +9,12 @@ older SDKs send are ignored.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
 
-from labctl import protocol
+from labctl import fields, protocol
 from labctl.errors import BadArguments, BadRequest, DeviceNotFound, LabError
 from labctl.protocol import Message
 from labctl.selector import parse
@@ -83,10 +84,11 @@ class BrokerCalls:
         kwargs = call.kwargs()
         if name in IGNORED:
             kwargs.pop(IGNORED[name], None)
-        try:
-            result = fn(ident, rid, **kwargs)
+        try:  # the keywords fit the call before it runs (a TypeError inside it is a bug)
+            inspect.signature(fn).bind(ident, rid, **kwargs)
         except TypeError as exc:
             raise BadArguments(f"broker call {name}: {exc}") from None
+        result = fn(ident, rid, **kwargs)
         if result is LATER:
             return
         frames = protocol.Reply(rid, result).to_frames()
@@ -112,17 +114,21 @@ class BrokerCalls:
 
     # -- discovery ----------------------------------------------------------------------
     def hello(self, ident: bytes, rid: Any) -> dict[str, Any]:
-        return self.welcome().as_dict()
+        """The WELCOME settings and the broker's storage state (a full disk shows here,
+        in ``labctl`` and on the dashboard)."""
+        hub = self.hub()
+        storage = {**self.store.status(), "unjournaled": hub.unjournaled}
+        return {**self.welcome().as_dict(), "storage": storage}
 
     def devices(self, ident: bytes, rid: Any, selector: str = "") -> list[dict[str, Any]]:
         leases = self.leases
         return [
             d.summary(leases.holder_of(d), leases.ref_of_device(d))
-            for d in self.registry.query(parse(selector))
+            for d in self.registry.query(parse(fields.text(selector, "selector")))
         ]
 
     def device(self, ident: bytes, rid: Any, name: str) -> dict[str, Any]:
-        dev = self.registry.devices.get(name)
+        dev = self.registry.devices.get(fields.text(name, "name"))
         if dev is None:
             raise DeviceNotFound(f"no device named {name!r}", {"device": name})
         out = dev.summary(self.leases.holder_of(dev), self.leases.ref_of_device(dev))
@@ -135,8 +141,9 @@ class BrokerCalls:
     ) -> object:
         """Journal rows newer than ``since`` seconds ago whose topic matches the glob (on the
         store thread, after the events buffered so far are written)."""
-        since_ts, topic = time.time() - float(since), str(topic)
-        limit = max(0, min(int(limit), MAX_ROWS))
+        since_ts = time.time() - fields.seconds(since, "since", zero_ok=True, hi=100 * 366 * 86400)
+        topic = fields.text(topic, "topic", 1024)
+        limit = fields.integer(limit, "limit", 0, MAX_ROWS)
         self.hub().flush()
         reply = self._later(ident, rid)
 
@@ -153,23 +160,35 @@ class BrokerCalls:
 
     def sync(self, ident: bytes, rid: Any, token: str) -> bool:
         """Publish ``sync.<token>`` (not journaled) so a subscriber knows it is connected."""
+        token = fields.text(token, "token", 200)
         self.outbox.publish_raw(f"sync.{token}", protocol.pack(None), journal=False)
         return True
 
     def health(
         self, ident: bytes, rid: Any, name: str, health: str, reason: str = ""
     ) -> dict[str, Any]:
+        name, health = fields.text(name, "name", 200), fields.text(health, "health", 20)
+        reason = fields.text(reason, "reason")
         return self.leases.set_health(name, health, reason, self.peers.identity(ident))
 
     def audit(self, ident: bytes, rid: Any, limit: int = 100) -> object:
-        limit = max(0, min(int(limit), MAX_ROWS))
+        limit = fields.integer(limit, "limit", 0, MAX_ROWS)
         self.store.submit(self.store.store.audit_rows, limit, then=self._later(ident, rid))
         return LATER
 
     # -- leases -------------------------------------------------------------------------
-    def lease_acquire(self, ident: bytes, rid: Any, **args: Any) -> object:
-        """Arguments as LeaseTable.acquire; an unknown one is bad-arguments (TypeError)."""
-        self.leases.acquire(ident, rid, self.peers.identity(ident), **args)
+    def lease_acquire(
+        self,
+        ident: bytes,
+        rid: Any,
+        selector: Any,
+        duration: Any = 1800.0,
+        wait: Any = 0.0,
+        keepalive: Any = True,
+    ) -> object:
+        """As LeaseTable.acquire, which validates each argument."""
+        who = self.peers.identity(ident)
+        self.leases.acquire(ident, rid, who, selector, duration, wait, keepalive)
         return LATER
 
     def lease_release(
@@ -183,6 +202,8 @@ class BrokerCalls:
     ) -> dict[str, Any]:
         """Release by id (the holder); an admin may force it by public ref, with a reason."""
         leases = self.leases
+        id, reason = fields.text(id, "id", 200), fields.text(reason, "reason")
+        force, reset = fields.flag(force, "force"), fields.flag(reset, "reset")
         if force and not reason:
             raise BadRequest("a forced release needs a reason (--reason TEXT)")
         if id in leases.leases:
@@ -195,16 +216,17 @@ class BrokerCalls:
                 f"{id} is a lease's public ref; its holder releases it by id, "
                 "or force it with --force --reason TEXT"
             )
+        leases.writable()
         who = self.peers.identity(ident)
         leases.end(lease.id, "forced" if force else "released", who=who, reset=reset, why=reason)
         return {"ref": lease.ref, "released": True}
 
     def lease_extend(self, ident: bytes, rid: Any, id: str, duration: float) -> dict[str, Any]:
-        return self.leases.extend(id, duration, self.peers.identity(ident))
+        return self.leases.extend(fields.text(id, "id", 200), duration, self.peers.identity(ident))
 
     def lease_keepalive(self, ident: bytes, rid: Any, ids: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for lease_id in ids:
+        for lease_id in fields.text_list(ids, "ids"):
             try:
                 out[lease_id] = self.leases.keepalive(lease_id)
             except Exception as exc:
@@ -220,6 +242,7 @@ class BrokerCalls:
 
     def lease_show(self, ident: bytes, rid: Any, id: str) -> dict[str, Any]:
         """By id: the holder's view; by public ref: what anyone may see."""
+        id = fields.text(id, "id", 200)
         if id in self.leases.leases:
             return self.leases.describe(id)
         return self.leases.by_ref(id).public()

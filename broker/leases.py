@@ -12,7 +12,6 @@ store thread, and a callback for streams to revoke when a lease ends.
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from collections.abc import Callable
@@ -22,10 +21,11 @@ from typing import Any
 import structlog
 import trio
 
-from labctl import protocol
-from labctl.errors import BadRequest, DeviceBusy, DeviceOffline, LeaseNotFound, NoMatch
+from labctl import fields, protocol
+from labctl.errors import DeviceBusy, DeviceOffline, LeaseNotFound, NoMatch, StorageFull
 from labctl.selector import parse
 
+from . import limits
 from .access import LeaseAccess, ref_of
 from .outbox import Outbox
 from .registry import Device, Registry
@@ -35,7 +35,7 @@ from .waitqueue import Waiter, WaitQueue
 
 log = structlog.get_logger("leases")
 
-MAX_SECONDS = 366 * 86400.0  # durations and waits: anything longer is a typo
+MAX_SECONDS = fields.MAX_SECONDS  # durations and waits: anything longer is a typo
 
 __all__ = ["Lease", "LeaseTable", "ref_of"]
 
@@ -97,6 +97,7 @@ class LeaseTable:
         #: devices whose lease ended while they were offline: reset them when they return
         self.owed_reset: set[str] = set()
         self._changed = trio.Event()
+        self._failed: set[str] = set()  # grants whose commit failed (the disk is full)
         self._poking = False
         self._poke_again = False
 
@@ -112,8 +113,15 @@ class LeaseTable:
         if self.leases:
             log.info("leases restored", count=len(self.leases))
 
-    def _audit(self, who: str, action: str, target: str, why: str = "") -> None:
-        self.store.submit(self.db.audit, who, action, target, why)
+    def writable(self) -> None:
+        """Refuse a lease change while the state disk takes no writes (the change could
+        not be recorded with its audit row); leases held stay valid meanwhile."""
+        if self.store.full:
+            raise StorageFull(
+                f"the broker's state disk ({self.db.dir}) is full: lease and health changes "
+                "are refused until it has space again; leases held stay valid",
+                {"dir": str(self.db.dir)},
+            )
 
     def device_registered(self, dev: Device) -> None:
         """Re-attach restored leases to a device as it (re-)registers; send an owed reset."""
@@ -122,7 +130,7 @@ class LeaseTable:
                 dev.lease = lease.id
         if dev.name in self.owed_reset and dev.lease is None:
             self.owed_reset.discard(dev.name)
-            self.store.submit(self.db.set_owed_reset, dev.name, False)
+            self.store.submit(self.db.set_owed_reset, dev.name, False, durable=True)
             if dev.on_release == "reset":
                 self.resets.send(dev)
 
@@ -144,13 +152,14 @@ class LeaseTable:
         """Grant now, or queue; the reply goes out once the grant is committed (or later,
         from the queue). Raises what is wrong with the request. ``holder`` is the
         connection's identity (``peers.Peers``)."""
-        selector = str(selector)
+        selector = fields.text(selector, "selector")
         sel = parse(selector)
         duration = _positive(duration, "duration")
         wait = _positive(wait, "wait", zero_ok=True)
         # a lease taken for later use (`labctl lease acquire`) lives to its end time with
         # no keepalives; one held by a running program ends soon after that program does
-        grace = self.lease_grace if bool(keepalive) else MAX_SECONDS
+        grace = self.lease_grace if fields.flag(keepalive, "keepalive") else MAX_SECONDS
+        self.writable()
         matched = self.registry.query(sel)
         if not matched:
             raise NoMatch(f"no device matches selector {selector!r}", {"selector": selector})
@@ -160,6 +169,8 @@ class LeaseTable:
             return
         if wait <= 0:
             raise self._busy_error(selector, matched)
+        queued = sum(1 for w in self.queue.waiters if w.ident == ident)
+        limits.check(queued, limits.MAX_WAITERS, "queued lease requests")
         self.queue.add(Waiter(ident, rid, selector, duration, holder, time.time() + wait, grace))
         self._changed.set()
 
@@ -199,8 +210,10 @@ class LeaseTable:
             end=now + duration,
             grace=grace,
         )
-        self.store.submit(self.db.save_lease, lease.row())
-        self._audit(holder, "lease.granted", lease.ref, f"{selector} -> {lease.devices}")
+        audit = (holder, "lease.granted", lease.ref, f"{selector} -> {lease.devices}")
+        self.store.submit(
+            self.db.grant, lease.row(), audit, then=lambda r: self._committed(lease, r)
+        )
         self.leases[lease.id] = lease
         for d in devs:
             d.lease = lease.id
@@ -208,11 +221,33 @@ class LeaseTable:
         self._changed.set()
         return lease
 
+    def _committed(self, lease: Lease, result: Any) -> None:
+        """A grant's commit failed (the disk is full): undo it whole; its holder hears
+        ``storage-full`` (``_tell_holder``), nobody else ever held it."""
+        if not isinstance(result, Exception) or self.leases.pop(lease.id, None) is None:
+            return
+        self._failed.add(lease.id)
+        for name in lease.devices:
+            dev = self.registry.devices.get(name)
+            if dev is not None and dev.lease == lease.id:
+                dev.lease = None
+        self.outbox.publish(
+            f"lease.{lease.ref}.ended",
+            {"reason": "storage-full", "devices": lease.devices, "why": "not recorded"},
+        )
+
     def _tell_holder(self, ident: bytes, rid: Any, lease: Lease) -> None:
         """Reply with the lease once it is committed; a holder that is gone by then loses it
         (no reset: nobody used the devices)."""
 
         def tell() -> None:
+            if lease.id in self._failed:
+                self._failed.discard(lease.id)
+                err = StorageFull(
+                    f"the broker could not record the lease: {self.store.full_reason}"
+                )
+                self.outbox.send(ident, protocol.Error.of(err, rid).to_frames())
+                return
             if lease.id not in self.leases:
                 return  # ended meanwhile (expired, forced)
             if not self.outbox.send(ident, protocol.Reply(rid, self._describe(lease)).to_frames()):
@@ -264,6 +299,8 @@ class LeaseTable:
             self._poking = False
 
     def _grant_to(self, w: Waiter) -> Lease | None:
+        if self.store.full:
+            return None  # waiters keep waiting until a grant can be recorded
         matched = self.registry.query(parse(w.selector))
         return (
             self._try_grant(w.selector, w.duration, w.holder, matched, w.grace) if matched else None
@@ -282,11 +319,13 @@ class LeaseTable:
         return {"end": lease.end}
 
     def extend(self, lease_id: Any, duration: Any, who: str) -> dict[str, Any]:
+        seconds = _positive(duration, "duration")  # every argument validated first
         lease = self.get(lease_id)
-        lease.end = max(lease.end, time.time()) + _positive(duration, "duration")  # validated first
+        self.writable()
+        lease.end = max(lease.end, time.time()) + seconds
         lease.keepalive_at = time.monotonic()
-        self.store.submit(self.db.save_lease, lease.row())
-        self._audit(who, "lease.extended", lease.ref, f"end={lease.end:.0f}")
+        audit = (who, "lease.extended", lease.ref, f"end={lease.end:.0f}")
+        self.store.submit(self.db.extend, lease.row(), audit, durable=True)
         self._changed.set()
         return self._describe(lease)
 
@@ -296,13 +335,12 @@ class LeaseTable:
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return
-        self.store.submit(self.db.delete_lease, lease_id)
-        self._audit(who, "lease.ended", lease.ref, f"{reason} {why}".strip())
+        owed: list[str] = []  # devices that cannot be reset now: reset them when they return
         for name in lease.devices:
             dev = self.registry.devices.get(name)
             if dev is None:  # not registered since a broker restart: reset it when it is
                 if reset:
-                    self._owe_reset(name)
+                    owed.append(name)
                 continue
             if dev.lease != lease_id:
                 continue
@@ -311,7 +349,10 @@ class LeaseTable:
                 if dev.service_alive:
                     self.resets.send(dev)
                 else:
-                    self._owe_reset(name)
+                    owed.append(name)
+        self.owed_reset.update(owed)
+        audit = (who, "lease.ended", lease.ref, f"{reason} {why}".strip())
+        self.store.submit(self.db.end_lease, lease_id, audit, owed, durable=True)
         self.revoke_streams(lease_id)
         self.outbox.publish(
             f"lease.{lease.ref}.ended", {"reason": reason, "devices": lease.devices, "why": why}
@@ -319,17 +360,18 @@ class LeaseTable:
         log.info("lease ended", lease=lease.ref, reason=reason, devices=lease.devices)
         self.poke()
 
-    def _owe_reset(self, name: str) -> None:
-        """Remember (durably) to reset a device that cannot be reset now."""
-        self.owed_reset.add(name)
-        self.store.submit(self.db.set_owed_reset, name, True)
-
     # -- health -------------------------------------------------------------------------
-    def set_health(self, name: str, health: str, reason: str, who: str) -> dict[str, Any]:
-        """Set, persist, journal and publish a device's health, then serve the queue."""
-        self.registry.set_health(name, health, reason)
-        self.store.submit(self.db.set_health, name, health, reason)
-        self._audit(who, "device.health", name, f"{health} {reason}".strip())
+    def set_health(
+        self, name: str, health: str, reason: str, who: str, admin: bool = True
+    ) -> dict[str, Any]:
+        """Set, persist (one transaction with its audit row), journal and publish a device's
+        health, then serve the queue. An admin's change is refused while the disk is full;
+        the broker's own (a failed reset) is kept and written when space returns."""
+        if admin:
+            self.writable()
+        self.registry.set_health(name, health, reason)  # validates before it changes
+        audit = (who, "device.health", name, f"{health} {reason}".strip())
+        self.store.submit(self.db.health_change, name, health, reason, audit, durable=True)
         self.outbox.publish(f"device.{name}.health", {"health": health, "reason": reason})
         self.poke()
         return {"name": name, "health": health, "reason": reason}
@@ -337,7 +379,7 @@ class LeaseTable:
     def reset_failed(self, name: str, reason: str) -> None:
         """A device's reset failed: out of allocation until an admin sets it good again."""
         if name in self.registry.devices:
-            self.set_health(name, "bad", reason, "broker")
+            self.set_health(name, "bad", reason, "broker", admin=False)
 
     # -- time ---------------------------------------------------------------------------
     def tick(self) -> None:
@@ -393,12 +435,5 @@ def _named(name: str, reason: str) -> str:
 
 
 def _positive(value: Any, what: str, zero_ok: bool = False) -> float:
-    try:
-        v = float(value or 0)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{what} must be a number of seconds, not {value!r}") from None
-    if not math.isfinite(v) or v > MAX_SECONDS:
-        raise BadRequest(f"{what} must be a finite number of seconds up to a year, not {value!r}")
-    if v < 0 or (v == 0 and not zero_ok):
-        raise BadRequest(f"{what} must be positive, not {v}")
-    return v
+    """Seconds (nil reads as 0); BadRequest naming the field otherwise."""
+    return fields.seconds(0 if value is None else value, what, zero_ok)

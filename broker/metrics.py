@@ -18,6 +18,8 @@ LATENCY_BUCKETS = (
     5.0, 10.0, 30.0,
 )  # fmt: skip
 
+#: distinct (method, outcome) counters kept; past it, refusals count as ("other", code)
+MAX_METRIC_KEYS = 2000
 #: an RPC whose reply never came is forgotten after this many in flight (bounds the dict)
 MAX_IN_FLIGHT = 100_000
 
@@ -80,7 +82,9 @@ class BrokerMetrics:
 
     def rpc_refused(self, method: Any, code: str) -> None:
         """The broker answered a request itself with an error (no such device, no lease...)."""
-        key = (str(method), code)
+        key = (method if isinstance(method, str) and len(method) <= 64 else "?", code)
+        if key not in self.rpcs and len(self.rpcs) >= MAX_METRIC_KEYS:
+            key = ("other", code)  # a peer naming random methods must not grow this dict
         self.rpcs[key] = self.rpcs.get(key, 0) + 1
 
     # -- events and leases --------------------------------------------------------------

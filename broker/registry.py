@@ -12,9 +12,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl.errors import BadRequest, DeviceNotFound, DuplicateName, ProtocolError
+from labctl.errors import (
+    BadRequest,
+    DeviceNotFound,
+    DuplicateName,
+    LabError,
+    LimitExceeded,
+    ProtocolError,
+)
 from labctl.protocol import Register
 from labctl.selector import Selector
+
+from .limits import MAX_DEVICES
 
 BUILTIN_LABELS = ("name", "kind", "driver", "host")
 HEALTH = ("good", "maintenance", "bad")
@@ -30,6 +39,7 @@ class Service:
     devices: list[str]
     last_seen: float = field(default_factory=time.monotonic)
     alive: bool = True
+    settled: bool = False  # spoke again after its REGISTER (a session, not a drive-by)
 
 
 @dataclass(slots=True)
@@ -116,8 +126,15 @@ class Registry:
 
         Returns the service, its devices, and devices it registered before but not now.
         """
+        if len(reg.devices) > MAX_DEVICES:
+            raise LimitExceeded(
+                f"a service registers at most {MAX_DEVICES} devices, not {len(reg.devices)}",
+                {"limit": "devices", "max": MAX_DEVICES},
+            )
         try:
             svc, parsed = self._parse(ident, reg)
+        except LabError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"malformed registration: {exc}") from None
         # nothing above touched the registry: a bad registration leaves it as it was
@@ -143,6 +160,9 @@ class Registry:
         for entry in entries:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise ProtocolError("each registered device needs a string 'name'")
+            if not 0 < len(entry["name"]) <= 200:
+                raise ProtocolError("a device name has 1 to 200 characters")
+            _check_interface(entry["name"], entry.get("interface") or {})
             name = entry["name"]
             if name in seen:
                 raise ProtocolError(f"device name {name!r} appears twice in one registration")
@@ -191,6 +211,19 @@ class Registry:
                 dropped.append(dev)
         return dropped
 
+    def forget(self, svc: Service, keep: set[str]) -> None:
+        """Drop a lost service's devices entirely (it never completed a session): unless a
+        lease or an owed reset still names them."""
+        for name in svc.devices:
+            dev = self.devices.get(name)
+            if (
+                dev is not None
+                and dev.ident == svc.ident
+                and dev.lease is None
+                and name not in keep
+            ):
+                del self.devices[name]
+
     def service_lost(self, ident: bytes) -> list[Device]:
         """Mark a service gone; its devices stay known but offline. Returns them."""
         svc = self.services.pop(ident, None)
@@ -207,3 +240,15 @@ class Registry:
     def query(self, selector: Selector) -> list[Device]:
         match = selector.matches
         return [d for d in self.devices.values() if match(d.labels)]
+
+
+def _check_interface(name: str, interface: Any) -> None:
+    """``{methods: {name: {...}}, streams: {name: {...}}}``: what requests look up."""
+    if not isinstance(interface, dict):
+        raise ProtocolError(f"device {name!r}: interface must be a map")
+    for part in ("methods", "streams"):
+        table = interface.get(part, {})
+        if not isinstance(table, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in table.items()
+        ):
+            raise ProtocolError(f"device {name!r}: interface {part} must map names to maps")

@@ -35,6 +35,7 @@ from labctl.errors import (
 )
 from labctl.protocol import Message
 
+from . import limits
 from .bus import BusSocket
 from .calls import BrokerCalls
 from .events import EventHub
@@ -82,6 +83,7 @@ class Broker:
         self.metrics = BrokerMetrics()
         self.outbox = Outbox(self.metrics)
         self.pending: dict[int, Pending] = {}
+        self.pending_by: dict[bytes, int] = {}  # requests in flight per client (limits)
         self._next_rid = 0
         self.bus: BusSocket | None = None
         self.events: EventHub | None = None
@@ -107,6 +109,8 @@ class Broker:
         )
         self.started = time.time()
         self._pruned = 0.0
+        self._full = False
+        self._handled = 0  # messages since the last trim (see _trim)
 
     # -- life cycle ---------------------------------------------------------------------
     def bind(self) -> None:
@@ -156,6 +160,7 @@ class Broker:
 
     def _handle(self, frames: list[Any]) -> None:
         ident = frames[0]
+        self._handled += 1
         try:
             msg = protocol.decode(frames[1:], self.settings.max_payload)
         except ProtocolError as err:
@@ -165,6 +170,8 @@ class Broker:
         svc = self.registry.services.get(ident)
         if svc is not None:
             svc.last_seen = time.monotonic()
+            if msg.mtype != protocol.REGISTER:
+                svc.settled = True  # it spoke after its REGISTER: a session, not a drive-by
         try:
             handler = self._handlers.get(msg.mtype)
             if handler is None:
@@ -172,7 +179,7 @@ class Broker:
             handler(self, ident, msg)
         except LabError as err:
             if msg.mtype == protocol.REQUEST:
-                self.metrics.rpc_refused(protocol.Request.parse(msg).method, err.code)
+                self.metrics.rpc_refused(_method_of(msg), err.code)
             self.send(ident, protocol.Error.of(err, msg.id).to_frames())
         except Exception as exc:  # a bug must not take the broker down
             log.exception("handler failed", type=msg.name)
@@ -224,9 +231,13 @@ class Broker:
             log.warning("service offline", service=svc.name, reason=reason)
         for dev in lost:
             self.publish(f"device.{dev.name}.online", {"online": False, "reason": reason})
+        if svc is not None and not svc.settled:
+            # registered and never spoke again: nothing to keep its devices for
+            self.registry.forget(svc, keep=self.leases.owed_reset)
+        self.pending_by.pop(ident, None)
         for rid, p in list(self.pending.items()):
             if p.service == ident:
-                del self.pending[rid]
+                self._forget(rid)
                 self.metrics.rpc_done(rid, "service-gone")
                 self.send(
                     p.client,
@@ -250,17 +261,44 @@ class Broker:
                     self.send(ident, hb)
             for rid, p in list(self.pending.items()):
                 if p.deadline < now - 1.0:  # the caller gave up: forget the route
-                    del self.pending[rid]
+                    self._forget(rid)
                     self.metrics.rpc_done(rid, "timeout")
+            self.streams.sweep(s.heartbeat * s.liveness)
             assert self.bus is not None
             self.bus.look()  # a safety net: a message no edge announced waits one tick at most
             wall = time.time()
             self.leases.tick()
             self.leases.queue.remind()
             self.events_hub.flush()
+            self.store.recover()  # a full disk: has space come back?
+            self._trim()
+            self._storage_changed()
             if wall - self._pruned > 3600:
                 self._pruned = wall
                 self.store.submit(self.store.store.prune)
+
+    def _trim(self) -> None:
+        """After a burst (a flood of messages, big frames), give the freed heap back to the
+        system: glibc keeps it otherwise, and the broker's RSS would stay at the burst's peak."""
+        if self._handled < TRIM_AFTER:
+            return
+        self._handled = 0
+        try:
+            _libc().malloc_trim(0)
+        except (OSError, AttributeError):
+            pass  # not glibc: nothing to trim
+
+    def _storage_changed(self) -> None:
+        """Say so (log, event, ``hello``'s ``storage``) when the state disk fills or frees."""
+        if self.store.full == self._full:
+            return
+        self._full = self.store.full
+        status = {**self.store.status(), "unjournaled": self.events_hub.unjournaled}
+        if self._full:
+            log.error("state disk full: serving on, lease changes refused", **status)
+        else:
+            log.warning("state disk writable again: lease changes accepted", **status)
+        self.publish("broker.storage", status)
 
     # -- RPC routing --------------------------------------------------------------------
     def _on_request(self, ident: bytes, msg: Message) -> None:
@@ -278,6 +316,7 @@ class Broker:
             raise DeviceOffline(f"device {dev.name!r} is offline ({dev.offline_reason()})")
         if spec.get("mutating"):
             self.leases.access.check(dev, req.lease, f"{method}()")
+        limits.check(self.pending_by.get(ident, 0), limits.MAX_PENDING, "pending requests")
         timeout = req.timeout
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             timeout = protocol.DEFAULT_TIMEOUT
@@ -287,6 +326,7 @@ class Broker:
         client_id, req.id, req.timeout = req.id, rid, timeout
         if self.send(dev.ident, req.to_frames()):
             self.pending[rid] = Pending(ident, client_id, dev.ident, deadline)
+            self.pending_by[ident] = self.pending_by.get(ident, 0) + 1
             self.metrics.rpc_sent(rid, method)
         else:
             raise ServiceGone(f"service {dev.service!r} of {dev.name!r} is not reachable")
@@ -298,10 +338,19 @@ class Broker:
             if p is None:
                 self.leases.resets.answered(ident, msg)  # a reset's answer, or nothing
             return  # late reply after a timeout, or a confused peer: nothing to route
-        del self.pending[rid]
+        self._forget(rid)
         outcome = "ok" if msg.mtype == protocol.REPLY else protocol.Error.parse(msg).code
         self.metrics.rpc_done(rid, outcome)
         self.send(p.client, protocol.forward(msg, id=p.client_id))
+
+    def _forget(self, rid: int) -> Pending:
+        p = self.pending.pop(rid)
+        n = self.pending_by.get(p.client, 0) - 1
+        if n > 0:
+            self.pending_by[p.client] = n
+        else:
+            self.pending_by.pop(p.client, None)
+        return p
 
     def _on_call(self, ident: bytes, msg: Message) -> None:
         self.calls.dispatch(ident, msg)
@@ -358,6 +407,24 @@ class Broker:
         protocol.STREAM_CREDIT: _on_stream,
         protocol.STREAM_CLOSE: _on_stream,
     }
+
+
+TRIM_AFTER = 20_000  # messages handled between two heap trims at most once per tick
+
+
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None)
+
+
+def _method_of(msg: Message) -> str:
+    """The method a refused REQUEST named, for the metrics ("?" if it was not readable)."""
+    try:
+        method = protocol.Request.parse(msg).method
+    except LabError:
+        return "?"
+    return method if isinstance(method, str) else "?"
 
 
 async def run_broker(settings: BrokerSettings) -> None:

@@ -9,11 +9,17 @@ survive ``kill -9``.
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+from labctl.errors import ConfigError
+
+#: an audit row: who, action, target, why
+Audit = tuple[str, str, str, str]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -39,17 +45,31 @@ CREATE TABLE IF NOT EXISTS health (
 
 class Store:
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = state_dir
         self.path = state_dir / "broker.sqlite3"
-        # a writer waits up to 30 s for a lock (a backup, an admin's sqlite3 shell): on the
-        # store thread, where waiting costs the loop nothing
-        self.db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            # a writer waits up to 30 s for a lock (a backup, an admin's sqlite3 shell): on
+            # the store thread, where waiting costs the loop nothing
+            self.db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            self.probe()  # a read-only directory or file fails here, not at the first lease
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"broker state directory {state_dir} is not usable ({exc}): make it writable "
+                "by this user, free space on its disk, or pass --state DIR"
+            ) from None
         self.retention = 7 * 24 * 3600.0
+
+    def probe(self) -> None:
+        """One small write: raises if the disk is full or read-only (see ``is_full``)."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (int(time.time()),))
 
     def close(self) -> None:
         self.db.close()
@@ -101,6 +121,30 @@ class Store:
     def prune(self) -> None:
         """Forget events past the retention (indexed on ``ts``)."""
         self.db.execute("DELETE FROM events WHERE ts < ?", (time.time() - self.retention,))
+
+    # -- state changes: each one transaction with its audit row -------------------------------
+    def grant(self, row: dict[str, Any], audit: Audit) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.save_lease(row)
+            self.audit(*audit)
+
+    def extend(self, row: dict[str, Any], audit: Audit) -> None:
+        self.grant(row, audit)
+
+    def end_lease(self, lease_id: str, audit: Audit, owed: list[str]) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.delete_lease(lease_id)
+            for name in owed:
+                self.set_owed_reset(name, True)
+            self.audit(*audit)
+
+    def health_change(self, device: str, health: str, reason: str, audit: Audit) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.set_health(device, health, reason)
+            self.audit(*audit)
 
     # -- leases -------------------------------------------------------------------------
     def save_lease(self, row: dict[str, Any]) -> None:
@@ -163,3 +207,13 @@ class Store:
 
     def load_health(self) -> dict[str, tuple[str, str]]:
         return {r[0]: (r[1], r[2]) for r in self.db.execute("SELECT * FROM health")}
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether a failed write means the disk takes no more (full, I/O error, read-only):
+    the broker keeps serving and refuses lease changes until a probe write succeeds."""
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", 0) or 0
+        # SQLITE_FULL, SQLITE_IOERR (a WAL write that found no space), SQLITE_READONLY
+        return code & 0xFF in (13, 10, 8) or "full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -14,7 +14,8 @@ to send with, and the metrics it counts bytes in.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -22,6 +23,7 @@ from labctl import protocol
 from labctl.errors import ProtocolError, StreamClosed, StreamRefused
 from labctl.protocol import Message
 
+from . import limits
 from .access import LeaseAccess
 from .metrics import BrokerMetrics
 from .outbox import Outbox
@@ -49,6 +51,12 @@ class Route:
     to_service_credit: int = 0  # bytes the service granted the client
     open_rid: object = None  # the client's request id until the service accepts
     opening: bool = True
+    client_seen: float = field(default_factory=time.monotonic)  # the client's last message
+
+
+def _capped(credit: int, grant: int) -> int:
+    """The part of ``grant`` the broker honours: at most ``MAX_STREAM_CREDIT`` in flight."""
+    return max(0, min(grant, limits.MAX_STREAM_CREDIT - credit))
 
 
 class StreamRouter:
@@ -60,6 +68,7 @@ class StreamRouter:
         self.outbox = outbox
         self.metrics = metrics
         self.routes: dict[int, Route] = {}
+        self.by_client: dict[bytes, int] = {}  # routes per client (limits.MAX_STREAMS)
         # Ids start at a random point each broker run, so a client resuming after a
         # restart never collides with a stream some other client opened meanwhile.
         self._next_sid = secrets.randbelow(1 << 40)
@@ -76,7 +85,9 @@ class StreamRouter:
                 self.outbox.send(ident, _broker_close(sid, reason, unknown=True))
             return
         from_client = ident == route.client
-        if not from_client and ident != route.service:
+        if from_client:
+            route.client_seen = time.monotonic()
+        elif ident != route.service:
             # not this peer's stream: to it, the stream is unknown (it may be resuming)
             self.outbox.send(ident, _broker_close(sid, "unknown stream", unknown=True))
             return
@@ -86,7 +97,7 @@ class StreamRouter:
             if msg.mtype == protocol.STREAM_OPEN:
                 self._accepted(route, protocol.StreamAccept.parse(msg))
             elif msg.mtype == protocol.STREAM_CLOSE:
-                self.routes.pop(route.sid, None)
+                self._drop(route)
                 reason = protocol.StreamClose.parse(msg).reason or "refused by the service"
                 self.outbox.send(
                     route.client,
@@ -113,16 +124,25 @@ class StreamRouter:
                 return
         elif msg.mtype == protocol.STREAM_CREDIT:
             grant = protocol.StreamCredit.parse(msg).credit
-            if not isinstance(grant, int) or grant < 0:
+            if not isinstance(grant, int) or isinstance(grant, bool) or grant < 0:
                 raise ProtocolError("credit must be a non-negative integer")
-            if from_client:
-                route.to_client_credit += grant
-            else:
-                route.to_service_credit += grant
             if grant == 0:
                 return  # a liveness ping from the client: the route exists, nothing to pass on
+            # honour at most MAX_STREAM_CREDIT in flight, and pass on only what is honoured
+            if from_client:
+                grant = _capped(route.to_client_credit, grant)
+                route.to_client_credit += grant
+            else:
+                grant = _capped(route.to_service_credit, grant)
+                route.to_service_credit += grant
+            if grant == 0:
+                return
+            frames = protocol.StreamCredit(sid, grant).to_frames()
+            if not self.outbox.send(other, frames):
+                self.close(route, "peer went away", both=True)
+            return
         elif msg.mtype == protocol.STREAM_CLOSE:
-            self.routes.pop(route.sid, None)
+            self._drop(route)
         if not self.outbox.send(other, protocol.forward(msg)):
             self.close(route, "peer went away", both=True)
 
@@ -139,11 +159,8 @@ class StreamRouter:
             if not spec.get("writable"):
                 raise StreamRefused(f"stream {name!r} of {dev.name!r} is read-only")
             self.access.check(dev, req.lease, f"writing to {name}")
-        credit = req.credit
-        if not isinstance(credit, int) or credit < 0:
-            raise ProtocolError("credit must be a non-negative integer")
-        if not isinstance(req.args, dict):
-            raise ProtocolError("stream arguments must be a map")
+        credit = _capped(0, req.credit)  # StreamOpen.parse checked it is an int >= 0
+        limits.check(self.by_client.get(ident, 0), limits.MAX_STREAMS, "streams")
         self._next_sid += 1
         route = Route(
             sid=self._next_sid,
@@ -160,6 +177,16 @@ class StreamRouter:
             raise StreamRefused(f"service of {dev.name!r} is not reachable")
         route.open_rid = req.id
         self.routes[route.sid] = route  # the client hears back once the service accepts
+        self.by_client[ident] = self.by_client.get(ident, 0) + 1
+
+    def _drop(self, route: Route) -> None:
+        if self.routes.pop(route.sid, None) is None:
+            return
+        n = self.by_client.get(route.client, 0) - 1
+        if n > 0:
+            self.by_client[route.client] = n
+        else:
+            self.by_client.pop(route.client, None)
 
     def _accepted(self, route: Route, accept: protocol.StreamAccept) -> None:
         """The service has the stream: answer the client's open, pass on write credit."""
@@ -167,6 +194,7 @@ class StreamRouter:
         credit = accept.credit
         if not isinstance(credit, int) or credit < 0:
             credit = 0
+        credit = _capped(route.to_service_credit, credit)
         route.to_service_credit += credit
         reply = {
             "sid": route.sid,
@@ -179,7 +207,7 @@ class StreamRouter:
             self.outbox.send(route.client, protocol.StreamCredit(route.sid, credit).to_frames())
 
     def close(self, route: Route, reason: str, both: bool = True) -> None:
-        self.routes.pop(route.sid, None)
+        self._drop(route)
         frames = _broker_close(route.sid, reason)
         if route.opening:
             self.outbox.send(
@@ -193,6 +221,24 @@ class StreamRouter:
     def peer_lost(self, ident: bytes, reason: str) -> None:
         for route in [r for r in self.routes.values() if ident in (r.client, r.service)]:
             self.close(route, reason)
+
+    def sweep(self, silence: float) -> None:
+        """Close routes whose client vanished (each heartbeat tick).
+
+        A client that is alive sends on its stream at least every ``PING_AFTER`` while it
+        reads (credit, or a 0 credit ping). One silent for ``silence`` gets a 0-credit
+        ping: a peer that is gone (killed without closing) cannot be sent to, and its route
+        is closed on both ends; one silent ten times as long (hung) is closed too.
+        """
+        now = time.monotonic()
+        hard = max(30.0, 10 * silence)
+        for route in [r for r in self.routes.values() if now - r.client_seen > silence]:
+            if now - route.client_seen > hard:
+                self.close(route, "client went silent", both=True)
+            elif not route.opening and not self.outbox.send(
+                route.client, protocol.StreamCredit(route.sid, 0).to_frames()
+            ):
+                self.close(route, "client went away", both=True)
 
     def lease_ended(self, lease_id: str) -> None:
         for route in [r for r in self.routes.values() if r.lease == lease_id]:

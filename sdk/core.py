@@ -27,7 +27,7 @@ from .errors import (
     Timeout,
 )
 
-WINDOW = 1 << 20  # bytes a reader lets the service send ahead of what it consumed
+WINDOW = 4 << 20  # bytes a reader lets the service send ahead of what it consumed
 MAX_WRITE = 65536  # bytes per STREAM-DATA a client sends
 PING_AFTER = 1.0  # idle seconds before checking that the broker still knows a stream
 RESUME_FOR = 60.0  # how long to keep trying to reopen after the broker went away

@@ -158,6 +158,21 @@ class ServiceGone(LabError):
     exit_code = 4
 
 
+class StorageFull(LabError):
+    """The broker's state disk is full: it serves on, but refuses lease changes until it can
+    record them again (PROTOCOL.md §4)."""
+
+    code = "storage-full"
+    exit_code = 4
+
+
+class LimitExceeded(BadRequest):
+    """A peer reached one of the broker's per-peer limits (pending requests, streams,
+    registered devices, queued lease requests); ``details: {limit, max}``."""
+
+    code = "limit"
+
+
 def _all_subclasses(cls: type[LabError]) -> list[type[LabError]]:
     out: list[type[LabError]] = []
     for sub in cls.__subclasses__():

@@ -15,7 +15,8 @@ from typing import Any
 
 import msgpack
 
-from .errors import LabError, ProtocolError, VersionMismatch, from_wire
+from . import fields
+from .errors import BadRequest, LabError, ProtocolError, VersionMismatch, from_wire
 
 # -- 1. Framing ---------------------------------------------------------------------------
 TAG = b"LAB1"
@@ -187,8 +188,9 @@ def unpack_args(frame: Any) -> tuple[list[Any], dict[str, Any]]:
 
 # -- 2. Message types, in PROTOCOL.md's order ---------------------------------------------
 # Each class is one message type: ``to_frames()`` builds it, ``parse(msg)`` reads it from a
-# decoded Message. Parsing takes what is there and leaves checks that need context (is the
-# device known? is the credit an int?) to the receiver, which answers as §2 says.
+# decoded Message. Parsing checks every field's type and range (``fields``: BadRequest
+# naming the field) and leaves checks that need context (is the device known? is the
+# credit within what the route allows?) to the receiver, which answers as §2 says.
 
 
 @dataclass(slots=True)
@@ -218,8 +220,15 @@ class Register:
         h = msg.header
         if "service" not in h:
             raise ProtocolError("malformed registration: no 'service'")
-        return cls(h["service"], devices, h.get("host", ""), h.get("pid", 0),
-                   h.get("user", ""), h.get("version", ""))  # fmt: skip
+        if not isinstance(devices, list):
+            raise ProtocolError("register's device list must be a msgpack array")
+        try:
+            return cls(fields.text(h["service"], "service", 200, empty_ok=False), devices,
+                       fields.text(h.get("host", ""), "host", 200),
+                       fields.integer(h.get("pid", 0), "pid", 0, 1 << 32),
+                       str(h.get("user", ""))[:200], str(h.get("version", ""))[:200])  # fmt: skip
+        except BadRequest as exc:
+            raise ProtocolError(f"malformed registration: {exc.message}", exc.details) from None
 
 
 @dataclass(slots=True)
@@ -311,9 +320,20 @@ class Request:
 
     @classmethod
     def parse(cls, msg: Message) -> Request:
+        """``lease`` a string or nil; ``timeout`` a finite number of seconds > 0, anything
+        else reads as nil (the default, §2). ``device``/``method`` are checked by the
+        receiver, which names them in ``bad-request``/``unknown-method``."""
         h = msg.header
-        return cls(h.get("id"), h.get("device"), h.get("method"), h.get("lease"),
-                   h.get("timeout"), msg.payload[0] if msg.payload else None)  # fmt: skip
+        return cls(h.get("id"), h.get("device"), h.get("method"),
+                   fields.optional_text(h.get("lease"), "lease", 200), _timeout(h.get("timeout")),
+                   msg.payload[0] if msg.payload else None)  # fmt: skip
+
+
+def _timeout(value: Any) -> float | None:
+    try:
+        return fields.seconds(value, "timeout")
+    except BadRequest:
+        return None
 
 
 @dataclass(slots=True)
@@ -396,12 +416,17 @@ class Call:
         return [TAG, CALL, pack(header), self.body]
 
     def kwargs(self) -> dict[str, Any]:
-        return unpack_args(self.body)[1]
+        """The keyword arguments; ProtocolError if the body is not ``[args, kwargs]``,
+        BadRequest for a keyword that is not a string."""
+        kwargs = unpack_args(self.body)[1]
+        for key in kwargs:
+            fields.text(key, "keyword name", 100)
+        return kwargs
 
     @classmethod
     def parse(cls, msg: Message) -> Call:
         h = msg.header
-        return cls(h.get("id"), h.get("method"), h.get("timeout"),
+        return cls(h.get("id"), h.get("method"), _timeout(h.get("timeout")),
                    msg.payload[0] if msg.payload else None)  # fmt: skip
 
 
@@ -431,10 +456,15 @@ class StreamOpen:
 
     @classmethod
     def parse(cls, msg: Message) -> StreamOpen:
+        """``write`` a boolean, ``lease`` a string or nil, ``args`` a map, ``credit`` an int
+        ≥ 0 (BadRequest naming the field); ``device``/``stream`` checked by the broker."""
         h = msg.header
-        return cls(h.get("id"), h.get("device"), h.get("stream"), bool(h.get("write", False)),
-                   h.get("lease"), h.get("args") or {}, h.get("credit", 0),
-                   h.get("timeout"))  # fmt: skip
+        return cls(h.get("id"), h.get("device"), h.get("stream"),
+                   fields.flag(h.get("write", False), "write"),
+                   fields.optional_text(h.get("lease"), "lease", 200),
+                   fields.mapping(h.get("args"), "args"),
+                   fields.integer(h.get("credit", 0), "credit"),
+                   _timeout(h.get("timeout")))  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -639,7 +669,8 @@ class Event:
 
     @classmethod
     def parse(cls, msg: Message) -> Event:
-        return cls(msg.header.get("topic"), msg.payload[0] if msg.payload else None)
+        topic = fields.text(msg.header.get("topic"), "topic", 1024, empty_ok=False)
+        return cls(topic, msg.payload[0] if msg.payload else None)
 
 
 # -- 10. The events socket (XPUB; no LAB1 tag) ---------------------------------------------

@@ -23,9 +23,8 @@ import structlog
 import trio
 import zmq
 
-from labctl import __version__, protocol
+from labctl import __version__, fields, protocol
 from labctl.errors import (
-    BadArguments,
     ConfigError,
     DriverError,
     LabError,
@@ -373,10 +372,7 @@ class ServiceRuntime:
     def _check_args(
         device: str, method: str, sig: inspect.Signature, args: list[Any], kwargs: dict[str, Any]
     ) -> None:
-        try:
-            sig.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise BadArguments(f"{device}.{method}{sig}: {exc}") from None
+        fields.bind_call(f"{device}.{method}", sig, args, kwargs)  # arity and plain types
 
     async def _run_call(
         self,

@@ -81,3 +81,55 @@ def test_events_socket_framing_round_trips() -> None:
     assert (got.seq, got.ts, got.topic, got.body) == (12, 1.5, "device.x.status", {"a": 1})
     with pytest.raises(ProtocolError):
         p.Published.parse([b"t", b"\xc1", b"x"])
+
+
+# -- typed parse(): every field checked before use (issue 10) --------------------------------
+@pytest.mark.parametrize(
+    ("mtype", "header", "field"),
+    [
+        (p.REQUEST, {"id": 1, "device": "d", "method": "m", "lease": [1]}, "lease"),
+        (p.REQUEST, {"id": 1, "device": "d", "method": "m", "lease": {"a": 1}}, "lease"),
+        (p.STREAM_OPEN, {"id": 1, "device": "d", "stream": "s", "credit": 2**63}, "credit"),
+        (p.STREAM_OPEN, {"id": 1, "device": "d", "stream": "s", "credit": "1"}, "credit"),
+        (p.STREAM_OPEN, {"id": 1, "device": "d", "stream": "s", "args": [1]}, "args"),
+        (p.STREAM_OPEN, {"id": 1, "device": "d", "stream": "s", "write": "yes"}, "write"),
+        (p.EVENT, {"topic": 5}, "topic"),
+    ],
+)
+def test_a_bad_header_field_is_a_bad_request_naming_it(
+    mtype: bytes, header: dict[str, Any], field: str
+) -> None:
+    from labctl.errors import BadRequest
+
+    msg = p.decode(p.encode(mtype, header, p.pack(None)))
+    cls = {p.REQUEST: p.Request, p.STREAM_OPEN: p.StreamOpen, p.EVENT: p.Event}[mtype]
+    with pytest.raises(BadRequest, match=field) as info:
+        cls.parse(msg)  # type: ignore[attr-defined]
+    assert info.value.details == {"field": field}
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), -1, 0, "5", [5], 1e300])
+def test_a_timeout_that_is_not_a_finite_positive_number_reads_as_the_default(
+    timeout: Any,
+) -> None:
+    msg = p.decode(p.encode(p.REQUEST, {"id": 1, "device": "d", "method": "m", "timeout": timeout}))
+    assert p.Request.parse(msg).timeout is None
+
+
+def test_a_registration_with_bad_fields_is_a_protocol_error() -> None:
+    for header, body in [
+        ({"service": ["x"]}, []),
+        ({"service": "s", "pid": 2**64 - 1}, []),
+        ({"service": "s", "host": {"a": 1}}, []),
+        ({"service": "s"}, {"name": "x"}),
+    ]:
+        with pytest.raises(ProtocolError):
+            p.Register.parse(p.decode(p.encode(p.REGISTER, header, p.pack(body))))
+
+
+def test_call_keywords_must_be_strings() -> None:
+    from labctl.errors import BadRequest
+
+    msg = p.decode(p.encode(p.CALL, {"id": 1, "method": "x"}, p.pack([[], {1: 2}])))
+    with pytest.raises(BadRequest, match="keyword name"):
+        p.Call.parse(msg).kwargs()

@@ -61,6 +61,7 @@ class LabView:
         self.devices: dict[str, dict[str, Any]] = {}
         self.leases: list[dict[str, Any]] = []
         self.queue: list[dict[str, Any]] = []
+        self.storage: dict[str, Any] = {}  # the broker's state disk (``hello``): full?
         self.tail: deque[dict[str, Any]] = deque(maxlen=TAIL)
         self.status_history: dict[str, deque[dict[str, Any]]] = {}
         self.device_events: dict[str, deque[dict[str, Any]]] = {}
@@ -78,6 +79,7 @@ class LabView:
             "devices": list(self.devices.values()),
             "leases": self.leases,
             "queue": self.queue,
+            "storage": self.storage,
         }
 
     def snapshot_json(self) -> str:
@@ -129,6 +131,9 @@ class LabView:
         self.tail.append(ev)
         self._remember(ev)
         topic, body = ev["topic"], ev["body"]
+        if topic == "broker.storage" and isinstance(body, dict):
+            self.storage = body
+            self._notify("lab", None)
         name = device_of(topic)
         dev = self.devices.get(name) if name else None
         what = topic.rpartition(".")[2]
@@ -167,6 +172,10 @@ class LabView:
     async def refresh(self) -> None:
         devices = await self.lab.devices()
         listing = await self.lab.leases()
+        storage = (await self.lab.call("hello")).get("storage") or {}
+        if storage != self.storage:
+            self.storage = storage
+            self._notify("lab", None)
         self.refreshes += 1
         fresh = {}
         for dev in sorted(devices, key=lambda d: d["name"]):
@@ -195,6 +204,7 @@ class LabView:
             "removed": sorted(n for n in names if n not in self.devices),
             "leases": self.leases,
             "queue": self.queue,
+            "storage": self.storage,
         }
 
     def _notify(self, what: str, value: Any) -> None:

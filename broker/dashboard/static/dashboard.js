@@ -74,7 +74,8 @@ function receive(msg) {
       msg.lab.devices.forEach((d) => byName.set(d.name, d));
       msg.lab.removed.forEach((n) => byName.delete(n));
       const devices = [...byName.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-      receive({type: "lab", now: msg.lab.now, devices, leases: msg.lab.leases, queue: msg.lab.queue});
+      receive({type: "lab", now: msg.lab.now, devices, leases: msg.lab.leases, queue: msg.lab.queue,
+               storage: msg.lab.storage});
     }
     msg.events.forEach(onEvent);
   } else if (msg.type === "snapshot" || msg.type === "lab") {
@@ -83,6 +84,7 @@ function receive(msg) {
     state.devices = msg.devices;
     state.leases = msg.leases;
     state.queue = msg.queue;
+    showStorage(msg.storage);
     if (msg.type === "snapshot") {
       state.events = msg.events.slice(-TAIL);
       state.missed = 0;
@@ -95,7 +97,17 @@ function receive(msg) {
   }
 }
 
+// the broker's state disk: full -> lease changes are refused until it has space again
+function showStorage(storage) {
+  const full = storage && storage.full;
+  $("#broker").textContent = full
+    ? `${location.host} · STATE DISK FULL: lease changes refused (${storage.unjournaled || 0} events not journaled)`
+    : location.host;
+  $("#broker").className = full ? "conn down" : "muted";
+}
+
 function onEvent(ev) {
+  if (ev.topic === "broker.storage") showStorage(ev.body);
   state.events.push(ev);
   if (state.events.length > TAIL * 2) state.events.splice(0, state.events.length - TAIL);
   if (state.paused) {
