@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .main import broker_option, lab_from, main, output_option
-from .output import emit, labels_text, status_text, when
+from .output import FORMATS, emit, labels_text, status_text, when
 
 DEVICE_COLUMNS = [
     ("name", lambda d: d["name"]),
@@ -25,12 +25,21 @@ DEVICE_COLUMNS = [
 
 @main.command()
 @click.option("-l", "--selector", default="", help="Label query, e.g. board=rpi4,site=lab1.")
-@output_option
+@click.option(
+    "-o",
+    "--output",
+    "fmt",
+    type=click.Choice([*FORMATS, "wide"]),
+    default="table",
+    show_default=True,
+    help="table fits the terminal (truncating holder, status, driver, labels); wide shows all.",
+)
 @broker_option
 def devices(selector: str, fmt: str, broker: str | None) -> None:
-    """List devices, optionally those matching a label query."""
+    """List devices, optionally those matching a label query (docs/selectors.md)."""
     with lab_from(broker) as lab:
-        emit(sorted(lab.devices(selector), key=lambda d: d["name"]), fmt, DEVICE_COLUMNS)
+        found = sorted(lab.devices(selector), key=lambda d: d["name"])
+    emit(found, fmt, DEVICE_COLUMNS, shrink=("holder", "status", "driver", "labels"))
 
 
 @main.group()
@@ -103,8 +112,26 @@ def split_args(raw: tuple[str, ...]) -> tuple[list[Any], dict[str, Any]]:
 def one_shot(
     lab: Any, name: str, lease_id: str | None, method: str, args: list[Any], kwargs: dict[str, Any]
 ) -> Any:
-    """``Lab.one_shot``: a mutating call without a lease leases the device just for it."""
-    return lab.one_shot(name, method, *args, lease=lease_id, **kwargs)
+    """``Lab.one_shot``: a mutating call without a lease leases just that device (not its
+    DUT group) for the call. When that lease cannot be had, the error names the device and
+    why, not the ``name=...`` selector the user never wrote."""
+    from labctl.errors import DeviceBusy, DeviceOffline
+
+    try:
+        return lab.one_shot(name, method, *args, lease=lease_id, **kwargs)
+    except (DeviceBusy, DeviceOffline) as err:
+        if err.details.get("selector") != f"name={name}":
+            raise
+        if isinstance(err, DeviceOffline):  # "'name=D' matches only offline devices (D: why)"
+            why = err.message.partition(" matches only offline devices (")[2].removesuffix(")")
+            why = why.removeprefix(f"{name}: ") or "no reason given"
+            raise DeviceOffline(f"{name!r} is offline: {why}", err.details) from None
+        reasons = "; ".join(err.details.get("reasons") or []) or err.message
+        raise type(err)(
+            f"cannot lease {name!r} for this {method} (a one-shot command leases just the "
+            f"device it acts on): {reasons}",
+            err.details,
+        ) from None
 
 
 def show_result(result: Any) -> None:
@@ -170,17 +197,26 @@ def power(
 @main.command()
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
 @click.option("--topic", default="*", show_default=True, help="Topic glob, e.g. 'device.*.status'.")
-@click.option("--since", default=None, help="Show the journal from this long ago (e.g. 1h).")
+@click.option(
+    "--since",
+    default=None,
+    help="Show the journal from this long ago (1h) or this time (2026-12-01T08:00) "
+    "[default: 1h; with -f: none].",
+)
 @output_option
 @broker_option
 def events(follow: bool, topic: str, since: str | None, fmt: str, broker: str | None) -> None:
-    """Print events from the journal and, with -f, as they happen."""
-    from labctl.durations import parse_duration
+    """Print events from the journal and, with -f, as they happen.
 
+    -o json prints one array (with -f: one JSON object per line), -o yaml a list (with
+    -f: one document per event), -o name one topic per line.
+    """
+    from .output import seconds_since
+
+    since_s = seconds_since(since) if since else (None if follow else 3600.0)
     with lab_from(broker) as lab:
-        since_s = parse_duration(since) if since else (None if follow else 3600.0)
         if not follow:
-            _print_events(lab.history(since_s, topic), fmt)
+            _print_events(lab.history(since_s, topic), fmt, lines=False)
             return
         with lab.event_stream(topic) as stream:  # live once this returns
             click.echo(f"following {topic} (Ctrl-C to stop)", err=True)
@@ -190,11 +226,22 @@ def events(follow: bool, topic: str, since: str | None, fmt: str, broker: str | 
                 _print_events([stream.next_event()], fmt)
 
 
-def _print_events(rows: list[dict[str, Any]], fmt: str) -> None:
-    for ev in rows:
-        if fmt == "json":
+def _print_events(rows: list[dict[str, Any]], fmt: str, lines: bool = True) -> None:
+    """``rows`` in ``fmt``; ``lines``: a stream (JSON lines, YAML documents), else one listing."""
+    if fmt in ("json", "yaml") and not lines:
+        emit(rows, fmt, [])
+    elif fmt == "json":
+        for ev in rows:
             click.echo(json.dumps(ev, default=str))
-        else:
+    elif fmt == "yaml":
+        for ev in rows:
+            click.echo("---")
+            emit(ev, fmt, [])
+    elif fmt == "name":
+        for ev in rows:
+            click.echo(ev["topic"])
+    else:
+        for ev in rows:
             click.echo(
                 f"{when(ev['ts'])}  #{ev['seq']:<6} {ev['topic']}  {json.dumps(ev['body'], default=str)}"
             )

@@ -7,8 +7,10 @@ SIGINT/SIGTERM stops everything, services first.
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +23,7 @@ import trio
 import yaml
 
 from labctl.errors import ConfigError
-from labctl.services.config import load_yaml, parse_service_config
+from labctl.services.config import ServiceConfig, load_yaml, parse_service_config
 from labctl.services.forkserver import ForkServerClient
 
 from .main import default_state_dir
@@ -56,24 +58,44 @@ def expand_run(value: Any, run: Path) -> Any:
 
 
 def load_lab(path: str | None, run: Path, example: str = "simdut") -> dict[str, Any]:
-    """The lab file at ``path`` (the example lab when None), checked before anything starts."""
+    """The lab file at ``path`` (the example lab when None), checked whole before anything
+    starts: the broker section, every service with its driver's config, every simulator's
+    command. A mistake names the user's file, the entry (``services[2] (pduC)``) and the field.
+    """
+    from labctl.services.config import (
+        BrokerSection,
+        SimulatorEntry,
+        check_driver_config,
+        parse_model,
+    )
+
     source = path or f"<example lab {example}>"
     data = yaml.safe_load(example_lab_text(example)) if path is None else load_yaml(Path(path))
     data = expand_run(data, run)
     if not isinstance(data, dict) or not isinstance(data.get("services", []), list):
         raise ConfigError(f"{source}: a lab file is a mapping with 'broker' and 'services'")
-    for i, sim in enumerate(data.get("simulators", [])):
-        if (
-            not isinstance(sim, dict)
-            or not isinstance(sim.get("name"), str)
-            or not isinstance(sim.get("command"), list)
-        ):
-            raise ConfigError(f"{source}: simulators[{i}]: needs a 'name' and a 'command' list")
     unknown = set(data) - {"broker", "services", "simulators"}
     if unknown:
         raise ConfigError(f"{source}: unknown top-level field(s): {', '.join(sorted(unknown))}")
+    if data.get("broker") is not None:
+        parse_model(BrokerSection, data["broker"], f"{source}: broker")
+    if not isinstance(data.get("simulators", []), list):
+        raise ConfigError(f"{source}: simulators: must be a list")
+    for i, sim in enumerate(data.get("simulators", [])):
+        name = f" ({sim['name']})" if isinstance(sim, dict) and "name" in sim else ""
+        entry = parse_model(SimulatorEntry, sim, f"{source}: simulators[{i}]{name}")
+        program = entry.command[0]
+        if program != "-m" and shutil.which(program) is None:
+            raise ConfigError(f"{source}: simulators[{i}]{name}: command not found: {program}")
+    names: set[str] = set()
     for i, svc in enumerate(data.get("services", [])):
-        parse_service_config(svc, f"{source}: services[{i}]")  # fail before starting anything
+        name = f" ({svc['service']})" if isinstance(svc, dict) and "service" in svc else ""
+        where = f"{source}: services[{i}]{name}"
+        cfg = parse_service_config(svc, where)
+        if cfg.service in names:
+            raise ConfigError(f"{where}: service name {cfg.service!r} appears twice")
+        names.add(cfg.service)
+        check_driver_config(cfg, where)
     return data
 
 
@@ -106,15 +128,92 @@ async def _wait(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
+#: a process that exits this many times in a row, each soon after its start, is reported
+FAILING_AFTER = 3
+#: a run shorter than this (seconds) counts as a failure to start; a longer one resets the count
+QUICK_EXIT = 30.0
+
+
+class ProcessOutput:
+    """One lab process's output: every line goes to lab up's stderr with the process name in
+    front, in one write (records of several processes never share a line), and the last lines
+    are kept to say why the process failed."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.tail: collections.deque[str] = collections.deque(maxlen=20)
+
+    def line(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").rstrip()
+        if text:
+            self.tail.append(text)
+        os.write(2, f"{self.name} | {text}\n".encode())
+
+    async def pump(self, stream: trio.abc.ReceiveStream) -> None:
+        """Print what ``stream`` carries, line by line, until it ends."""
+        buf = b""
+        async with stream:
+            while chunk := await stream.receive_some(65536):
+                *lines, buf = (buf + chunk).split(b"\n")
+                for raw in lines:
+                    self.line(raw)
+        if buf:
+            self.line(buf)
+
+    def last_words(self) -> str:
+        """The most telling line it printed: the last mentioning an error, else the last."""
+        for text in reversed(self.tail):
+            if "error" in text.lower():
+                return text
+        return self.tail[-1] if self.tail else "(it printed nothing)"
+
+
+class FailureWatch:
+    """Counts a process's quick exits; after FAILING_AFTER in a row says once, on one line,
+    which part keeps failing and why (instead of a silent restart loop)."""
+
+    def __init__(self, output: ProcessOutput) -> None:
+        self.output = output
+        self.in_a_row = 0
+        self.reported = False
+
+    @property
+    def failing(self) -> bool:
+        return self.in_a_row >= FAILING_AFTER
+
+    def exited(self, rc: int | None, ran: float) -> None:
+        if ran > QUICK_EXIT:
+            self.in_a_row, self.reported = 0, False
+        self.in_a_row += 1
+        if self.in_a_row >= FAILING_AFTER and not self.reported:
+            self.reported = True
+            code = "no exit code: the fork server died" if rc is None else f"exit {rc}"
+            os.write(2, (
+                f"lab | {self.output.name} keeps failing ({code}, {self.in_a_row} times in a "
+                f"row): {self.output.last_words()} (still retrying, every 30 s at most)\n"
+            ).encode())  # fmt: skip
+
+
 async def supervise(name: str, argv: list[str], env: dict[str, str]) -> None:
-    """Run ``argv`` forever: restart with backoff (0.5 s doubling to 30 s) when it exits."""
+    """Run ``argv`` forever: restart with backoff (0.5 s doubling to 30 s) when it exits; its
+    output prefixed with ``name``; reported when it keeps failing."""
     backoff = 0.5
+    output = ProcessOutput(name)
+    watch = FailureWatch(output)
     while True:
         started = trio.current_time()
         # Forked from the main thread (see _die_with_parent); fork+exec is quick.
-        proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent,  # noqa: PLW1509
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+        assert proc.stdout is not None
+        out = trio.lowlevel.FdStream(os.dup(proc.stdout.fileno()))
+        proc.stdout.close()
         try:
-            rc = await _wait(proc)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(output.pump, out)
+                rc = await _wait(proc)
+                # the rest of its output; a child of its own may hold the pipe open
+                nursery.cancel_scope.deadline = trio.current_time() + 1
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -124,20 +223,46 @@ async def supervise(name: str, argv: list[str], env: dict[str, str]) -> None:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-        if trio.current_time() - started > 30:
+        ran = trio.current_time() - started
+        if ran > QUICK_EXIT:
             backoff = 0.5
+        watch.exited(rc, ran)
         log.warning("process exited; restarting", process=name, rc=rc, backoff=backoff)
         await trio.sleep(backoff)
         backoff = min(backoff * 2, 30.0)
 
 
-async def supervise_forked(name: str, config: str, forks: ForkServerClient) -> None:
-    """Like ``supervise``, for a service forked from the warmed fork server (see forkserver)."""
+def service_output(name: str, directory: Path) -> tuple[str, trio.lowlevel.FdStream]:
+    """A FIFO for service ``name``'s output (the fork server sends the child's stdout and
+    stderr there) and its read end. lab up also holds a write end, so the reader never sees
+    an end of file between restarts."""
+    path = directory / f"{name}.out"
+    os.mkfifo(path)
+    read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    os.open(path, os.O_WRONLY)  # kept open (and closed) with lab up: never EOF
+    return str(path), trio.lowlevel.FdStream(read_fd)
+
+
+async def supervise_forked(
+    cfg: ServiceConfig,
+    config: str,
+    forks: ForkServerClient,
+    log_fifo: str,
+    output: ProcessOutput,
+    bus: str,
+) -> None:
+    """Like ``supervise``, for a service forked from the warmed fork server (see forkserver).
+    While one that keeps failing waits for its next start, a stand-in registers its devices
+    offline with the reason (lab_standin)."""
+    from .lab_standin import stand_in
+
+    name = cfg.service
     backoff = 0.5
+    watch = FailureWatch(output)
     while True:
         started = trio.current_time()
         try:
-            pid = await forks.spawn(name, config)
+            pid = await forks.spawn(name, config, log_fifo)
         except ChildProcessError as exc:
             rc: int | None = None
             log.warning("could not start service", process=name, error=str(exc))
@@ -146,10 +271,16 @@ async def supervise_forked(name: str, config: str, forks: ForkServerClient) -> N
                 rc = await forks.wait(pid)
             finally:
                 await forks.stop(pid)
-        if trio.current_time() - started > 30:
+        ran = trio.current_time() - started
+        if ran > QUICK_EXIT:
             backoff = 0.5
+        watch.exited(rc, ran)
         log.warning("process exited; restarting", process=name, rc=rc, backoff=backoff)
-        await trio.sleep(backoff)
+        restart = trio.current_time() + backoff
+        if watch.failing:
+            with trio.move_on_at(restart):
+                await stand_in(cfg, bus, f"its service {name} keeps failing: {output.last_words()}")
+        await trio.sleep_until(restart)
         backoff = min(backoff * 2, 30.0)
 
 
@@ -200,6 +331,21 @@ def check_addresses_free(broker: dict[str, Any]) -> None:
                 raise ConfigError(f"{what} address {address} {reason}") from None
 
 
+class _PrefixedStderr:
+    """lab up's own log records, prefixed like its processes' and written in one piece."""
+
+    def write(self, text: str) -> None:
+        os.write(2, f"lab | {text}".encode())
+
+    def flush(self) -> None:
+        pass
+
+
+def prefix_own_logs() -> None:
+    """Send lab up's own structlog records through ``_PrefixedStderr`` (after logs.setup)."""
+    structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=_PrefixedStderr()))  # type: ignore[arg-type]
+
+
 async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
     broker = dict(lab.get("broker") or {})
     check_addresses_free(broker)
@@ -218,7 +364,7 @@ async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
                     argv = [sys.executable, *argv]
                 nursery.start_soon(supervise, sim["name"], argv, env)
             # Services are forked from one warmed parent: the imports are paid once and
-            # shared copy-on-write (DESIGN §13: under 12 MB unique memory per service).
+            # shared copy-on-write (about 7 MB of unique memory per service; bench/memory.py).
             services = lab.get("services", [])
             drivers = sorted({f"{svc['kind']}:{svc['driver']}" for svc in services})
             forks = ForkServerClient(drivers, env)
@@ -227,7 +373,13 @@ async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
             for svc in services:
                 cfg_path = Path(tmp) / f"{svc['service']}.yaml"
                 cfg_path.write_text(yaml.safe_dump(svc))
-                nursery.start_soon(supervise_forked, svc["service"], str(cfg_path), forks)
+                output = ProcessOutput(svc["service"])
+                fifo, stream = service_output(svc["service"], Path(tmp))
+                nursery.start_soon(output.pump, stream)
+                cfg = parse_service_config(svc, svc["service"])
+                nursery.start_soon(
+                    supervise_forked, cfg, str(cfg_path), forks, fifo, output, env["LABCTL_BROKER"]
+                )
             log.info(
                 "lab up", broker=bus, services=len(lab.get("services", [])), state=str(state_dir)
             )

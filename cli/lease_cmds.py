@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .main import broker_option, lab_from, main, output_option
-from .output import emit, when
+from .output import FORMATS, emit, when
 
 LEASE_COLUMNS = [
     ("ref", lambda x: x["ref"]),
@@ -46,22 +46,35 @@ def lease() -> None:
 @click.argument("selector")
 @click.option("--duration", default="30m", show_default=True)
 @click.option("--wait", default="0", show_default=True, help="How long to queue for a busy group.")
-@output_option
+@click.option(
+    "-o",
+    "--output",
+    "fmt",
+    type=click.Choice([*FORMATS, "id"]),
+    default="table",
+    show_default=True,
+    help="id: just the lease id (the credential); name: just the public ref, as elsewhere.",
+)
 @broker_option
 def lease_acquire(selector: str, duration: str, wait: str, fmt: str, broker: str | None) -> None:
-    """Lease one free group matching SELECTOR and print it (-o name: just the id).
+    """Lease one free group matching SELECTOR and print it (-o id: just the id).
 
     The id is the lease's credential: whoever has it can act on the devices, so it is
-    shown only here; listings and events show the lease's public ref instead.
+    shown only here; listings and events show the lease's public ref instead (and -o
+    name prints the ref, in every lease command).
 
     The lease outlives this command: it lasts until `labctl lease release` or its end
-    time (no keepalives needed). Use it with --lease or LABCTL_LEASE.
+    time (no keepalives needed). Use it with --lease or LABCTL_LEASE:
+    export LABCTL_LEASE=$(labctl lease acquire dut=rpi4-01 -o id)
     """
     with lab_from(broker) as lab:
         held = lab.lease(
             selector, duration=duration, wait=wait, progress=_Progress(), keepalive=False
         )
-        emit(held.info, fmt, [("id", lambda x: x["id"]), *LEASE_COLUMNS], "id")
+        if fmt == "id":
+            click.echo(held.id)
+            return
+        emit(held.info, fmt, [("id", lambda x: x["id"]), *LEASE_COLUMNS], "ref")
         if fmt == "table":
             click.echo(f"use it with --lease {held.id} or LABCTL_LEASE={held.id}", err=True)
 
@@ -94,11 +107,19 @@ def lease_show(lease_id: str, fmt: str, broker: str | None) -> None:
 
 @lease.command("extend")
 @click.argument("lease_id")
-@click.option("--duration", required=True, help="How much longer, e.g. 30m.")
+@click.argument("duration", required=False)
+@click.option("--duration", "duration_opt", default=None, help="The same as DURATION.")
 @output_option
 @broker_option
-def lease_extend(lease_id: str, duration: str, fmt: str, broker: str | None) -> None:
-    """Push a lease's end time back by DURATION."""
+def lease_extend(
+    lease_id: str, duration: str | None, duration_opt: str | None, fmt: str, broker: str | None
+) -> None:
+    """Push a lease's end time back by DURATION (e.g. 30m, 1h): lease extend ID 1h."""
+    if duration and duration_opt and duration != duration_opt:
+        raise click.UsageError("give DURATION once (as an argument or --duration, not both)")
+    duration = duration or duration_opt
+    if not duration:
+        raise click.UsageError("missing DURATION: how much longer, e.g. lease extend ID 30m")
     with lab_from(broker) as lab:
         info = lab.extend_lease(lease_id, duration)
     emit(info, fmt, LEASE_COLUMNS, "ref")

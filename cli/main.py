@@ -1,5 +1,5 @@
 """The ``labctl`` command. Everything heavy is imported inside the command that needs it,
-so ``labctl --help`` and one-shot calls start fast (DESIGN §13)."""
+so ``labctl --help`` and one-shot calls start fast (tests/test_cli_ux.py times it)."""
 
 from __future__ import annotations
 
@@ -54,12 +54,30 @@ class LabGroup(click.Group):
         return super().get_command(ctx, name)
 
 
-@click.group(cls=LabGroup, context_settings=CONTEXT)
+#: `labctl --help`'s epilog; docs/cli.md has the same table (a test keeps them equal)
+EXIT_CODES = """\b
+Exit codes:
+  0    success
+  1    internal error (a bug: please report it)
+  2    bad usage, arguments, selector, address or config file
+  3    no such device or method; nothing matches the selector
+  4    device offline or its service gone (serial expect: the console closed)
+  5    timeout: the broker did not answer, a wait or an expect ran out
+  6    the driver failed (the hardware said no; NotSupported)
+  7    lease needed, the device is leased by someone else, or the lease ended
+  130  interrupted (Ctrl-C)
+labctl shell exits with its command's code. Docs: docs/cli.md, docs/selectors.md,
+docs/lab-files.md."""
+
+
+@click.group(cls=LabGroup, context_settings=CONTEXT, epilog=EXIT_CODES)
 @click.version_option(package_name="labctl")
 def main() -> None:
     """labctl: run a hardware test lab over a ZeroMQ bus.
 
-    Address devices by label queries (board=rpi4,site=lab1), lease them, drive them.
+    Address devices by label queries (board=rpi4,site=lab1; docs/selectors.md), lease
+    them, drive them. LABCTL_BROKER (or --broker) is the broker address: tcp://HOST:PORT,
+    HOST:PORT or ipc://PATH.
     """
 
 
@@ -120,12 +138,13 @@ def broker_run(
 
     from labctl import logs
     from labctl.broker.server import BrokerSettings, run_broker
+    from labctl.client import normalize_address
     from labctl.durations import parse_duration
 
     logs.setup("broker")
     settings = BrokerSettings(
-        bus=bus,
-        events=events,
+        bus=normalize_address(bus, "--bus address"),
+        events=normalize_address(events, "--events address"),
         events_public=events_public,
         state=Path(state) if state else default_state_dir(),
         heartbeat=heartbeat,
@@ -160,7 +179,7 @@ def service() -> None:
     "--broker", "broker_addr", default=None, help="Override the broker address in the config."
 )
 def service_run(config: str, broker_addr: str | None) -> None:
-    """Run one service process from CONFIG.yaml (DESIGN §11 shape)."""
+    """Run one service process from CONFIG.yaml (the shape: docs/lab-files.md, services)."""
     # The same process becomes `python -m labctl.services` (same pid, signals and output):
     # the service runs without click and the CLI's modules, ~2 MB less resident per service.
     argv = [sys.executable, "-m", "labctl.services", config]
@@ -204,9 +223,10 @@ def lab_up(
 ) -> None:
     """Start the broker and every service of LAB.yaml (or the simulated example lab)."""
     from labctl import logs
-    from labctl.cli.lab_up import load_lab, run_lab, state_dir_for
+    from labctl.cli.lab_up import load_lab, prefix_own_logs, run_lab, state_dir_for
 
     logs.setup("lab")
+    prefix_own_logs()
     state_dir = state_dir_for(lab_file, state)
     # a bad file fails here, before anything starts
     lab_spec = load_lab(lab_file, state_dir / "run", example)
@@ -214,6 +234,11 @@ def lab_up(
     for key, value in (("bus", bus), ("events", events), ("dashboard", dashboard)):
         if value:
             broker_settings[key] = value
+    from labctl.client import normalize_address
+
+    for key in ("bus", "events"):  # HOST:PORT is tcp, as everywhere; other forms: one line
+        if key in broker_settings:
+            broker_settings[key] = normalize_address(str(broker_settings[key]), f"{key} address")
     broker_settings.setdefault("dashboard", "127.0.0.1:8780")
     if str(broker_settings["dashboard"]).lower() in ("off", "none", "false", ""):
         del broker_settings["dashboard"]

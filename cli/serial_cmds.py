@@ -187,46 +187,141 @@ def log(
                     out.flush()
 
 
-@serial.command("send")
+#: ``serial expect`` (and ``send --expect``) exit codes besides 0 (matched)
+EXIT_TIMEOUT = 5  # the pattern did not appear in time (the Timeout code of every command)
+EXIT_CLOSED = 4  # the console stream ended first (service gone, lease ended)
+EXPECT_EPILOG = (
+    "Exit status: 0 matched; 5 the pattern did not appear within --timeout; 4 the console "
+    "closed first; 1-3, 6 as for any command (labctl --help)."
+)
+LINESEPS = {"lf": "\n", "cr": "\r", "crlf": "\r\n", "none": ""}
+
+
+@serial.command("send", epilog=EXPECT_EPILOG)
 @click.argument("device_name")
 @click.argument("text")
-@click.option("--raw", is_flag=True, help="Send TEXT as is, without a newline.")
+@click.option("--raw", is_flag=True, help="Send TEXT as is, without a line ending.")
+@click.option(
+    "--linesep",
+    type=click.Choice(list(LINESEPS)),
+    default="lf",
+    show_default=True,
+    help="Line ending to append: lf (\\n), cr (\\r), crlf (\\r\\n) or none.",
+)
+@click.option("--crlf", is_flag=True, help="Same as --linesep crlf.")
+@click.option("--expect", "pattern", default=None, help="Then wait for this regex in the answer.")
+@click.option("--timeout", type=float, default=60, show_default=True, help="For --expect.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text")
 @lease_option
 @broker_option
-def send(device_name: str, text: str, raw: bool, lease_id: str | None, broker: str | None) -> None:
-    """Type TEXT (plus a newline) into DEVICE's console."""
+def send(
+    device_name: str,
+    text: str,
+    raw: bool,
+    linesep: str,
+    crlf: bool,
+    pattern: str | None,
+    timeout: float,
+    fmt: str,
+    lease_id: str | None,
+    broker: str | None,
+) -> None:
+    """Type TEXT (plus a line ending) into DEVICE's console.
+
+    The service remembers where the console's output stood at this send (until the
+    lease ends with a reset), so a following `labctl serial expect DEVICE PATTERN`, in
+    another process, searches the answer from there. `--expect PATTERN` does both in
+    one command."""
     from .commands import one_shot
 
-    data = text if raw else text + "\n"
+    ending = "" if raw else LINESEPS["crlf" if crlf else linesep]
     with lab_from(broker) as lab:
-        n = one_shot(lab, device_name, lease_id, "send", [data], {})
-    click.echo(f"sent {n} bytes", err=True)
+        n = one_shot(lab, device_name, lease_id, "send", [text + ending], {})
+        if pattern is None:
+            click.echo(f"sent {n} bytes", err=True)
+            return
+        since = lab.device(device_name).status().get("last_send")
+        _expect(lab, device_name, pattern, timeout, since, fmt)
 
 
-@serial.command("expect")
+@serial.command("expect", epilog=EXPECT_EPILOG)
 @click.argument("device_name")
 @click.argument("pattern")
 @click.option("--timeout", type=float, default=60, show_default=True)
 @click.option(
-    "--since", type=int, default=None, help="Search from this offset (default: new output only)."
+    "--since",
+    type=int,
+    default=None,
+    help="Search from this offset (default: from the last `serial send` in the current "
+    "lease, else new output only).",
+)
+@click.option("--new", is_flag=True, help="Search only output that arrives from now on.")
+@click.option(
+    "-o",
+    "--output",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="json: {offset, match, before} on stdout.",
 )
 @broker_option
 def expect(
-    device_name: str, pattern: str, timeout: float, since: int | None, broker: str | None
+    device_name: str,
+    pattern: str,
+    timeout: float,
+    since: int | None,
+    new: bool,
+    fmt: str,
+    broker: str | None,
 ) -> None:
-    """Wait until PATTERN (a regex) appears on DEVICE's console: exit 0, or 1 on timeout."""
+    """Wait until PATTERN (a regex) appears on DEVICE's console.
+
+    Prints the match (text) and, on stderr, the offset just past it: pass it as `--since`
+    to chain expects. Searches from the position of the last `labctl serial send` on
+    this console (kept by the service until the lease ends with a reset), so
+    `send D root; expect D '# '` sees an answer that came before expect started."""
+    with lab_from(broker) as lab:
+        if since is None and not new:
+            since = lab.device(device_name).status().get("last_send")
+        _expect(lab, device_name, pattern, timeout, since, fmt)
+
+
+def _expect(
+    lab: Any, device_name: str, pattern: str, timeout: float, since: int | None, fmt: str
+) -> None:
+    """Search ``device_name``'s console from ``since`` (None: new output) in bytes mode, so
+    the offset printed after the match is exact; exits with EXIT_TIMEOUT/EXIT_CLOSED."""
+    import json
+
     import pexpect
 
-    with lab_from(broker) as lab:
-        con = lab.device(device_name).console(since=since, write=False)
-        try:
-            con.expect(pattern, timeout=timeout)
-        except pexpect.TIMEOUT:
-            click.echo(f"error: {pattern!r} did not appear within {timeout:g}s", err=True)
-            sys.exit(1)
-        except pexpect.EOF:
-            click.echo(f"error: console closed before {pattern!r} appeared", err=True)
-            sys.exit(1)
-        finally:
-            con.close()
-        click.echo(con.after if isinstance(con.after, str) else "")
+    con = lab.device(device_name).console(since=since, write=False, encoding=None)
+    try:
+        con.expect(pattern.encode(), timeout=timeout)
+    except pexpect.TIMEOUT:
+        click.echo(f"error: {pattern!r} did not appear within {timeout:g}s", err=True)
+        _show_tail(con)
+        sys.exit(EXIT_TIMEOUT)
+    except pexpect.EOF:
+        click.echo(f"error: console closed before {pattern!r} appeared", err=True)
+        _show_tail(con)
+        sys.exit(EXIT_CLOSED)
+    finally:
+        offset = con.offset
+        con.close()
+    match = con.after.decode(errors="replace")
+    before = con.before.decode(errors="replace")
+    if fmt == "json":
+        click.echo(json.dumps({"offset": offset, "match": match, "before": before}))
+    else:
+        click.echo(match)
+    if offset is not None:
+        click.echo(f"[labctl] matched; next offset {offset} (continue with --since {offset})",
+                   err=True)  # fmt: skip
+
+
+def _show_tail(con: Any) -> None:
+    before = con.before if isinstance(con.before, bytes) else b""
+    if before:
+        click.echo(f"[labctl] the console printed (last {min(len(before), 2048)} bytes):", err=True)
+        click.echo(before[-2048:].decode(errors="replace"), err=True)

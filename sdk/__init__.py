@@ -8,16 +8,31 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Lab", "__version__"]
+__all__ = ["AsyncLab", "DeviceInfo", "Lab", "LabError", "__version__"]
 
 if TYPE_CHECKING:
+    from .aio import AsyncLab
+    from .errors import LabError
     from .lab import Lab
+    from .lease_view import DeviceInfo
+
+# Imported lazily so `labctl --help` and `import labctl.errors` stay fast.
+_LAZY = {
+    "Lab": "labctl.lab",
+    "AsyncLab": "labctl.aio",
+    "DeviceInfo": "labctl.lease_view",
+    "LabError": "labctl.errors",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # Imported lazily so `labctl --help` and `import labctl.errors` stay fast.
-    if name == "Lab":
-        from .lab import Lab
+    if name in _LAZY:
+        import importlib
 
-        return Lab
-    raise AttributeError(name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'labctl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """What ``dir(labctl)`` and completion show: the lazy names too."""
+    return sorted({*globals(), *_LAZY})

@@ -26,7 +26,7 @@ from .aio_streams import AsyncByteStream, AsyncConsole, AsyncEventStream
 from .client import RequestForgotten, broker_address, holder_identity, identity_metadata
 from .durations import parse_duration
 from .errors import LabError, LeaseNotFound, LeaseRequired, MethodNotFound
-from .lease_view import LeaseView
+from .lease_view import DeviceInfo, LeaseView
 from .triozmq import TrioSocket
 
 __all__ = ["AsyncDevice", "AsyncLab", "AsyncLease"]
@@ -125,9 +125,6 @@ class AsyncLease(LeaseView):
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.release()
-
-    def __repr__(self) -> str:
-        return f"<AsyncLease {self.id} devices={self.devices}>"
 
 
 class AsyncLab:
@@ -233,8 +230,9 @@ class AsyncLab:
         value = labels.get(label)
         return f"{label}={value}" if value else f"name={device}"
 
-    async def devices(self, selector: str = "") -> list[dict[str, Any]]:
-        return await self.call("devices", selector=selector)  # type: ignore[no-any-return]
+    async def devices(self, selector: str = "") -> list[DeviceInfo]:
+        """Devices matching ``selector`` (all with ""): typed ``DeviceInfo`` dicts."""
+        return [DeviceInfo(d) for d in await self.call("devices", selector=selector)]
 
     async def device(self, name: str, lease: AsyncLease | str | None = None) -> AsyncDevice:
         lease_id = lease.id if isinstance(lease, AsyncLease) else lease

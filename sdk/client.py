@@ -1,7 +1,7 @@
 """The sync SDK's transport: one blocking DEALER, no event loop, no thread per call.
 
 A blocking pyzmq round trip costs ~50 µs here, an event-loop hop several times that, so
-the sync API talks to the socket directly (DESIGN §13). One ``BusClient`` is not thread
+the sync API talks to the socket directly. One ``BusClient`` is not thread
 safe; the lease keepalive thread uses its own.
 """
 
@@ -25,7 +25,40 @@ CONNECT_TIMEOUT = float(os.environ.get("LABCTL_CONNECT_TIMEOUT", "3"))
 
 
 def broker_address(address: str | None = None) -> str:
-    return address or os.environ.get("LABCTL_BROKER") or DEFAULT_BROKER
+    """The broker address to dial: ``address``, else ``$LABCTL_BROKER``, else the default,
+    with ``HOST:PORT`` meaning tcp. ConfigError (one line, the accepted forms) otherwise."""
+    if address:
+        return normalize_address(address, "broker address")
+    env = os.environ.get("LABCTL_BROKER")
+    if env:
+        return normalize_address(env, "LABCTL_BROKER")
+    return DEFAULT_BROKER
+
+
+_ADDRESS_FORMS = "tcp://HOST:PORT, HOST:PORT (tcp), ipc://PATH or inproc://NAME"
+
+
+def normalize_address(address: str, what: str = "address") -> str:
+    """``address`` as ZeroMQ takes it: ``HOST:PORT`` becomes ``tcp://HOST:PORT``; anything
+    that is not one of the accepted forms raises ConfigError naming them (ZeroMQ would
+    only say "Invalid argument")."""
+    from .errors import ConfigError
+
+    text = address.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "tcp", text
+    ok = bool(rest)
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        ok = bool(colon and host and port.isdigit() and int(port) < 65536)
+        ok = ok and (not host.startswith("[") or host.endswith("]")) and " " not in host
+        ok = ok and ("/" not in host) and (":" not in host or host.startswith("["))
+    elif scheme not in ("ipc", "inproc"):
+        ok = False
+    if not ok:
+        raise ConfigError(f"invalid {what} {address!r}: write {_ADDRESS_FORMS}")
+    return f"{scheme}://{rest}"
 
 
 def holder_identity() -> str:

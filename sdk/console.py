@@ -31,6 +31,9 @@ from pexpect.spawnbase import SpawnBase
 
 __all__ = ["EOF", "TIMEOUT", "Console", "FdTransport", "Transport"]
 
+#: how much of the console's recent output a failed ``expect`` shows
+TAIL = 2048
+
 _CONTROL = {"@": 0, "`": 0, "[": 27, "{": 27, "\\": 28, "|": 28, "]": 29, "}": 29}
 _CONTROL.update({"^": 30, "~": 30, "_": 31, "?": 127})
 
@@ -170,6 +173,33 @@ class Console(SpawnBase):  # type: ignore[misc]
 
     def eof(self) -> bool:
         return bool(self.flag_eof)
+
+    # -- where we are -------------------------------------------------------------------
+    @property
+    def offset(self) -> int | None:
+        """Absolute scrollback offset just past what ``expect``/``read`` consumed (after
+        the last match), so a later reader can continue there with ``since``; None when
+        the transport does not tag offsets. Exact in bytes mode (``encoding=None``)."""
+        read_offset = getattr(self.transport, "read_offset", None)
+        if read_offset is None:
+            return None
+        buffered = self.buffer
+        if isinstance(buffered, str):
+            buffered = buffered.encode(self.encoding or "utf-8", errors="replace")
+        return int(read_offset) - (len(self._pending) - self._pending_at) - len(buffered)
+
+    def __str__(self) -> str:
+        """What a failed ``expect`` shows (pexpect puts ``str(console)`` in its TIMEOUT and
+        EOF messages): the console's last ``TAIL`` characters, so a failed boot in CI can
+        be read from the test's output."""
+        before = self.before
+        if isinstance(before, bytes):
+            before = before.decode(errors="replace")
+        if not before:
+            return f"{self.name}: printed nothing since the last match"
+        tail = before[-TAIL:]
+        cut = f"last {len(tail)} of {len(before)}" if len(before) > TAIL else f"all {len(before)}"
+        return f"{self.name}: {cut} characters printed since the last match:\n{tail}"
 
 
 class FdTransport:

@@ -11,14 +11,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import core, protocol
 from .client import BusClient, RequestForgotten, holder_identity
 from .durations import parse_duration
-from .errors import LabError, LeaseNotFound, LeaseRequired, MethodNotFound
+from .errors import LabError, LeaseNotFound, LeaseRequired, MethodNotFound, Timeout
 from .events import EventStream
-from .lease_view import LeaseView
+from .lease_view import DeviceInfo, LeaseView
+
+if TYPE_CHECKING:
+    from .console import Console
 
 
 class Device:
@@ -85,11 +88,17 @@ class Device:
 
     def console(
         self, since: int | None = None, write: bool | None = None, encoding: str | None = "utf-8"
-    ) -> Any:
-        """A pexpect-style console over the device's ``console`` stream."""
+    ) -> Console:
+        """A pexpect-style console over the device's ``console`` stream, from scrollback
+        offset ``since`` (None: new output only); writable if the device is leased."""
+        from secrets import token_hex
+
         from .console import Console
 
-        args = {} if since is None else {"since": since}
+        args: dict[str, Any] = {} if since is None else {"since": since}
+        if (self.lease_id is not None) if write is None else write:
+            # names this writer across reopens: input lost in a broker restart is resent
+            args["input_idX"] = token_hex(8)
         return Console(self.stream("console", write=write, **args), encoding=encoding)
 
     def __repr__(self) -> str:
@@ -151,9 +160,6 @@ class Lease(LeaseView):
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
-
-    def __repr__(self) -> str:
-        return f"<Lease {self.id} devices={self.devices}>"
 
 
 class Keepalive:
@@ -249,8 +255,10 @@ class Lab:
         value = labels.get(label)
         return f"{label}={value}" if value else f"name={device}"
 
-    def devices(self, selector: str = "") -> list[dict[str, Any]]:
-        return self.client.call("devices", selector=selector)  # type: ignore[no-any-return]
+    def devices(self, selector: str = "") -> list[DeviceInfo]:
+        """Devices matching ``selector`` (all with ""), with their state: typed
+        ``DeviceInfo`` objects that are also the broker's dicts."""
+        return [DeviceInfo(d) for d in self.client.call("devices", selector=selector)]
 
     def device(self, name: str, lease: Lease | str | None = None) -> Device:
         info = self.client.call("device", name=name)
@@ -390,10 +398,24 @@ class Lab:
             "events", since=since, topic=topic, limit=limit
         )
 
-    def events(self, topic: str = "*", since: float | None = None) -> Iterator[dict[str, Any]]:
-        """Events whose topic matches the glob; with ``since`` (seconds) the journal first."""
+    def events(
+        self, topic: str = "*", since: float | None = None, timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Events whose topic matches the glob; with ``since`` (seconds) the journal first.
+
+        With ``timeout``, the iteration ends once no matching event came for that many
+        seconds (so ``for ev in lab.events("lease.*", timeout=5)`` cannot hang a script).
+        """
         with EventStream(self, topic) as stream:
-            yield from stream.iterate(since=since)
+            if since is not None:
+                yield from stream.history(since)
+            while True:
+                try:
+                    yield stream.next_event(timeout)
+                except Timeout:
+                    if timeout is None:
+                        raise
+                    return
 
     def event_stream(self, topic: str = "*") -> EventStream:
         return EventStream(self, topic)

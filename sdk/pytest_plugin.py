@@ -6,17 +6,25 @@
 
 Fixtures: ``lab`` (a connected ``Lab``, one per session) and ``lease`` (the devices the
 test's ``lab`` marker selects, leased for that test and released after it, also when it
-fails). The broker comes from ``--lab-broker`` or ``LABCTL_BROKER``. A test that runs
-inside ``labctl shell`` (``LABCTL_LEASE`` set) and has no marker uses that lease.
+fails). The broker comes from ``--lab-broker`` or ``LABCTL_BROKER``.
+
+Inside ``labctl shell`` (``LABCTL_LEASE`` set) a test without a marker, or whose marker's
+selector matches a device of the shell's lease, uses that lease (taking a second one would
+queue behind itself). A marked test queues for its lease up to ``wait`` (marker), else
+``--lab-wait`` (default 30m), printing its queue position; failing to get one (no match,
+wait ran out) fails the test with one line, not a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+DEFAULT_WAIT = "30m"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,7 +32,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--lab-broker", default=None, help="labctl broker address (default: LABCTL_BROKER)"
     )
-    group.addoption("--lab-wait", default="0", help="default time to queue for a lease (e.g. 10m)")
+    group.addoption(
+        "--lab-wait",
+        default=DEFAULT_WAIT,
+        help=f"default time to queue for a lease (default {DEFAULT_WAIT}; 0: fail if busy)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,8 +57,8 @@ def lab(pytestconfig: pytest.Config) -> Iterator[Any]:
 @pytest.fixture
 def lease(request: pytest.FixtureRequest, lab: Any) -> Iterator[Any]:
     marker = request.node.get_closest_marker("lab")
+    existing = os.environ.get("LABCTL_LEASE")
     if marker is None:
-        existing = os.environ.get("LABCTL_LEASE")
         if existing:
             yield lab.attach(existing)
             return
@@ -56,7 +68,56 @@ def lease(request: pytest.FixtureRequest, lab: Any) -> Iterator[Any]:
     if not marker.args:
         raise pytest.UsageError(f"{request.node.nodeid}: @pytest.mark.lab needs a selector")
     selector = marker.args[0]
+    if existing:
+        shell = _shell_lease_for(lab, existing, selector)
+        if shell is not None:
+            yield shell
+            return
     duration = marker.kwargs.get("duration", "30m")
     wait = marker.kwargs.get("wait", request.config.getoption("lab_wait"))
-    with lab.lease(selector, duration=duration, wait=wait) as held:
+    held = _acquire(request, lab, selector, duration, wait)
+    with held:
         yield held
+
+
+def _shell_lease_for(lab: Any, lease_id: str, selector: str) -> Any:
+    """The shell's lease if ``selector`` matches one of its devices, else None."""
+    from labctl.errors import LabError
+
+    try:
+        shell = lab.attach(lease_id)
+        matching = {d["name"] for d in lab.devices(selector)}
+    except LabError as exc:
+        failed = f"labctl: the shell's lease: {type(exc).__name__}: {exc.message}"
+    else:
+        return shell if matching & set(shell.devices) else None
+    pytest.fail(failed, pytrace=False)  # outside the except: no chained traceback
+
+
+def _acquire(
+    request: pytest.FixtureRequest, lab: Any, selector: str, duration: Any, wait: Any
+) -> Any:
+    """``lab.lease``, printing the queue position; a LabError fails the test in one line."""
+    from labctl.errors import LabError
+
+    plugins = request.config.pluginmanager
+    reporter = plugins.get_plugin("terminalreporter")
+    capture = plugins.get_plugin("capturemanager")
+    shown: list[Any] = []
+
+    def progress(update: dict[str, Any]) -> None:
+        position = update.get("position")
+        if position is None or shown[-1:] == [position] or reporter is None:
+            return
+        shown.append(position)
+        line = f"[labctl] {request.node.nodeid}: waiting for {selector!r}, position {position}"
+        # fixtures run with output captured: a queue position is for the user now
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(line + " in the queue")
+            reporter.flush()
+
+    try:
+        return lab.lease(selector, duration=duration, wait=wait, progress=progress)
+    except LabError as exc:
+        failed = f"labctl: could not lease {selector!r}: {type(exc).__name__}: {exc.message}"
+    pytest.fail(failed, pytrace=False)  # outside the except: no chained traceback

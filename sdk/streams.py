@@ -5,6 +5,13 @@ What the messages mean (credit, offsets, the close, when to resume) is ``core.St
 this class only waits on its socket. For serial consoles the service tags data with
 offsets, so when the broker restarts underneath it, it opens the stream again from that
 offset: nothing is lost or read twice.
+
+Input works the same way when the stream has an ``input_id`` (``Device.console()`` gives
+writable consoles one): bytes written are kept until the service acknowledges them
+(``input`` in its frames' meta), and after a reopen the service says how many it took, so
+the rest is sent again, in order: keystrokes typed while the broker was away arrive once
+it is back. If that cannot be known (the reopen failed, or more than ``UNACKED_MAX`` bytes
+went unacknowledged) the write or read raises StreamClosed instead of losing them quietly.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import zmq
 from . import multipart, protocol
 from .client import BusClient
 from .core import MAX_WRITE, PING_AFTER, RESUME_FOR, RETRY_OPEN, WINDOW, StreamState
-from .errors import LabError, Timeout
+from .errors import LabError, StreamClosed, Timeout
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -26,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["WINDOW", "PING_AFTER", "RESUME_FOR", "ByteStream"]
 
 PROBE_TIMEOUT = 3.0  # seconds an idle stream waits for the broker to answer `hello`
+ACK_TIMEOUT = 5.0  # seconds a reopened stream with input waits for the service's count
+UNACKED_MAX = 1 << 20  # input bytes kept for a resend; older ones cannot be resent
 
 
 class ByteStream:
@@ -44,6 +53,13 @@ class ByteStream:
         self.state = StreamState(device, name, write, lease, args, resume, frame)
         self.device, self.name = device, name
         self._client: BusClient | None = None
+        self._opens = 0  # how many times the stream was opened (a reopen resends input)
+        input_id = args.get("input_id") if write else None
+        self._input_id: str | None = input_id if isinstance(input_id, str) else None
+        self._acked = 0  # input bytes the service said it took (over all reopens)
+        self._kept_from = 0  # input count at the first byte of _unacked
+        self._unacked = bytearray()  # input not yet acknowledged, for a resend
+        self._ack_heard = False
         self._open()
 
     # the state a caller may look at
@@ -57,7 +73,16 @@ class ByteStream:
 
     @property
     def offset(self) -> int | None:
+        """Absolute offset after the newest byte received (None if the service tags none)."""
         return self.state.offset
+
+    @property
+    def read_offset(self) -> int | None:
+        """Absolute offset of the next byte ``read_some`` returns (received bytes not yet
+        read excluded); None if the service tags no offsets."""
+        if self.state.offset is None:
+            return None
+        return self.state.offset - sum(len(c) for c in self.state.chunks)
 
     @property
     def gaps(self) -> int:
@@ -81,7 +106,9 @@ class ByteStream:
             self._client.close()
         self._client = BusClient(self.address)
         self._client.stream_handler = self._on_message
+        self._ack_heard = False
         self.state.opened(self._client.request(self.state.open_message()))
+        self._opens += 1
         self._last_heard = time.monotonic()
 
     def _resume(self, why: str) -> None:
@@ -90,6 +117,8 @@ class ByteStream:
         while True:
             try:
                 self._open()
+                if self._input_id is not None:
+                    self._resend_input(why)
                 return
             except RETRY_OPEN as exc:
                 if time.monotonic() >= deadline:
@@ -99,10 +128,44 @@ class ByteStream:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    def _resend_input(self, why: str) -> None:
+        """After a reopen: wait for the service's count of our input, send the rest again."""
+        deadline = time.monotonic() + ACK_TIMEOUT
+        while not self._ack_heard and self.state.closed_reason is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._pump(left)
+        if self._opens > 1 and not self._ack_heard:
+            if self._unacked:
+                self._lose_input(why, "the service did not say how much of it arrived")
+            return
+        if self._acked < self._kept_from:
+            self._lose_input(why, f"{self._kept_from - self._acked} bytes were not kept")
+        self._send_data(memoryview(bytes(self._unacked)), self._opens)
+
+    def _lose_input(self, why: str, detail: str) -> None:
+        n = len(self._unacked) + max(0, self._kept_from - self._acked)
+        self.state.closed_reason = f"lost ({why}): {n} bytes written may not have arrived"
+        raise StreamClosed(f"stream {self.state.label} {self.state.closed_reason} ({detail})")
+
     # -- incoming -----------------------------------------------------------------------
     def _on_message(self, msg: protocol.Message) -> None:
+        ours = msg.mtype == protocol.STREAM_DATA and msg.sid == self.state.sid
+        if self._input_id is not None and ours:
+            taken = (protocol.StreamData.parse(msg).meta or {}).get("input")
+            if isinstance(taken, int) and not isinstance(taken, bool):
+                self._ack(taken)
         if self.state.on_message(msg):
             self._last_heard = time.monotonic()
+
+    def _ack(self, taken: int) -> None:
+        """The service took ``taken`` bytes of our input in all: forget those."""
+        self._ack_heard = True
+        if taken > self._acked:
+            self._acked = taken
+            del self._unacked[: max(0, taken - self._kept_from)]
+            self._kept_from = max(self._kept_from, taken)
 
     def _send(self, frames: list[Any], copy: bool = True) -> None:
         assert self._client is not None
@@ -175,13 +238,31 @@ class ByteStream:
         return data
 
     def write(self, data: bytes) -> None:
-        """Send bytes, waiting for credit; the service's typed error if it closed with one."""
+        """Send bytes, waiting for credit; the service's typed error if it closed with one.
+
+        With an ``input_id``, StreamClosed if the stream had to be reopened and earlier
+        input may not have arrived (see the module docstring)."""
+        if self._input_id is None:
+            self._send_data(memoryview(data), None)
+            return
+        self.state.check_writable()
+        self._unacked += data
+        if len(self._unacked) > UNACKED_MAX:  # only the newest can be resent
+            cut = len(self._unacked) - UNACKED_MAX
+            del self._unacked[:cut]
+            self._kept_from += cut
+        self._send_data(memoryview(data), self._opens)
+
+    def _send_data(self, view: memoryview, opens: int | None) -> None:
+        """Send ``view`` as credit allows; stop early if the stream was reopened meanwhile
+        (``opens`` changed): the reopen resent all unacknowledged input, this included."""
         st = self.state
-        view = memoryview(data)
         while view:
             st.check_writable()
             if st.credit <= 0:
                 self._pump(1.0)
+                if opens is not None and self._opens != opens:
+                    return
                 continue
             frames, n = st.data_frames(view)
             self._send(frames, copy=n < 4096)

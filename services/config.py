@@ -1,8 +1,7 @@
-"""Service config files (DESIGN §11), validated so a mistake names the file, field and why."""
+"""Service config files and lab files, validated so a mistake names the file, field and why."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,18 +53,114 @@ class ServiceConfig(BaseModel):
         return [DeviceEntry(name=self.name or self.service, on_release=self.on_release)]
 
     def broker_address(self) -> str:
-        return self.broker or os.environ.get("LABCTL_BROKER") or DEFAULT_BROKER
+        from labctl.client import broker_address
+
+        return broker_address(self.broker)
 
 
-def describe_validation(source: str, exc: ValidationError) -> str:
+class BrokerSection(BaseModel):
+    """A lab file's ``broker:`` mapping: the options of ``labctl broker run``."""
+
+    model_config = ConfigDict(extra="forbid")
+    bus: str = DEFAULT_BROKER
+    events: str = "tcp://127.0.0.1:5551"
+    events_public: str | None = None
+    state: str | None = None
+    heartbeat: float = Field(default=2.0, gt=0)
+    lease_grace: str | float = "60s"
+    group_label: str = "dut"
+    dashboard: str | None = None
+
+    @field_validator("lease_grace")
+    @classmethod
+    def _duration(cls, v: str | float) -> str | float:
+        from labctl.durations import parse_duration
+        from labctl.errors import LabError
+
+        try:
+            parse_duration(v)
+        except LabError as exc:
+            raise ValueError(exc.message) from None
+        return v
+
+
+class SimulatorEntry(BaseModel):
+    """A lab file's ``simulators[i]``: a process started (and restarted) beside the lab."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_PATTERN)
+    command: list[str] = Field(min_length=1)
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _stringify(cls, v: Any) -> Any:
+        return [str(x) for x in v] if isinstance(v, list) else v
+
+
+def _message(e: Any) -> str:
+    """pydantic's message for one error, in words a lab-file author reads, with the value."""
+    if e["type"] == "extra_forbidden":
+        return "unknown field (check the spelling)"
+    if e["type"] == "missing":
+        return "required field missing"
+    if e["type"] == "string_pattern_mismatch" and e.get("ctx", {}).get("pattern") == NAME_PATTERN:
+        msg = "must be letters, digits and -_. (starting with a letter or digit)"
+    else:
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        for theirs, ours in (("Input should be ", "must be "), ("String should ", "must "),
+                             ("Value should ", "must "), ("List should ", "must ")):  # fmt: skip
+            msg = msg.replace(theirs, ours)
+    if "input" in e and not isinstance(e["input"], (dict, list)):
+        shown = repr(e["input"])
+        msg += f" (got {shown[:40] + '…' if len(shown) > 40 else shown})"
+    return msg
+
+
+def describe_validation(source: str, exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling)"
-        lines.append(f"{source}: {where}: {msg}")
+        where = prefix + ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{source}: {where}: {_message(e)}")
     return "\n".join(lines)
+
+
+def parse_model(model: type[BaseModel], data: Any, source: str) -> Any:
+    """``model`` validated from ``data``; a ConfigError naming ``source`` and each field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: must be a mapping, not {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation(source, exc)) from None
+
+
+def check_driver_config(cfg: ServiceConfig, source: str) -> None:
+    """Load ``cfg``'s driver and validate every device's config against the driver's Config.
+
+    A field wrong in the service-level ``config`` is blamed on the service, one given in a
+    device's own ``config`` on that device, so the message points at the line to fix.
+    """
+    from labctl.services.catalog import load_driver
+
+    try:
+        cls = load_driver(cfg.kind, cfg.driver)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: driver: {exc.message}") from None
+    errors: list[str] = []
+    for i, entry in enumerate(cfg.device_entries()):
+        try:
+            cls.Config.model_validate({**cfg.config, **entry.config})
+        except ValidationError as exc:
+            for e in exc.errors():
+                field = str(e["loc"][0]) if e["loc"] else ""
+                own = cfg.devices and field in entry.config  # else the service's (or missing)
+                where = f"{source}: devices[{i}] ({entry.name})" if own else source
+                path = ".".join(str(p) for p in e["loc"])
+                line = f"{where}: config{'.' + path if path else ''}: {_message(e)}"
+                if line not in errors:  # a service-level mistake shows once, not per device
+                    errors.append(line)
+    if errors:
+        raise ConfigError("\n".join(errors))
 
 
 def parse_service_config(data: Any, source: str) -> ServiceConfig:
@@ -87,7 +182,10 @@ def load_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
 
 
 def load_service_config(path: Path) -> ServiceConfig:

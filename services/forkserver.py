@@ -59,8 +59,9 @@ def set_process_name(name: str) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15])
 
 
-def child(name: str, config: str, close_fds: list[int]) -> None:
-    """In the forked child: become the service ``name`` from ``config``; never returns."""
+def child(name: str, config: str, close_fds: list[int], log: str | None = None) -> None:
+    """In the forked child: become the service ``name`` from ``config``; never returns.
+    Its stdout and stderr go to ``log`` (a FIFO lab up reads) when given."""
     set_process_name(f"svc:{name}")
     signal.set_wakeup_fd(-1)  # trio sets its own
     for fd in close_fds:
@@ -68,6 +69,10 @@ def child(name: str, config: str, close_fds: list[int]) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # the command pipe is the server's, not the service's
     os.close(devnull)
+    if log is not None:  # lab up reads each service's output apart, to prefix and keep it
+        out = os.open(log, os.O_WRONLY)
+        os.dup2(out, 2)
+        os.close(out)
     os.dup2(2, 1)  # what a service prints goes where its logs go
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -106,10 +111,10 @@ class ForkServer:
         self.out.write(json.dumps(msg) + "\n")
         self.out.flush()
 
-    def spawn(self, name: str, config: str) -> None:
+    def spawn(self, name: str, config: str, log: str | None = None) -> None:
         pid = os.fork()
         if pid == 0:
-            child(name, config, [self.wake_r, self.wake_w])
+            child(name, config, [self.wake_r, self.wake_w], log)
         self.children.add(pid)
         self.say({"spawned": name, "pid": pid})
 
@@ -162,7 +167,7 @@ class ForkServer:
                     while b"\n" in buf:
                         line, buf = buf.split(b"\n", 1)
                         cmd = json.loads(line)
-                        self.spawn(cmd["spawn"], cmd["config"])
+                        self.spawn(cmd["spawn"], cmd["config"], cmd.get("log"))
         finally:
             self.stop()
 
@@ -257,8 +262,9 @@ class ForkServerClient:
                 proc.kill()
                 proc.wait()
 
-    async def spawn(self, name: str, config: str) -> int:
-        """Fork the service ``name`` from its ``config`` file; returns its pid."""
+    async def spawn(self, name: str, config: str, log: str | None = None) -> int:
+        """Fork the service ``name`` from its ``config`` file, its output to the FIFO
+        ``log`` if given; returns its pid."""
         import trio
 
         async with self._lock:
@@ -266,7 +272,8 @@ class ForkServerClient:
             answer = self._answers[name] = trio.Event()
             self._pids.pop(name, None)
             try:
-                line = json.dumps({"spawn": name, "config": config}).encode() + b"\n"
+                cmd = {"spawn": name, "config": config, **({"log": log} if log else {})}
+                line = json.dumps(cmd).encode() + b"\n"
                 self._proc.stdin.write(line)
                 self._proc.stdin.flush()
                 with trio.fail_after(30):

@@ -36,7 +36,7 @@ from labctl.protocol import Message
 from labctl.triozmq import TrioSocket
 
 from .catalog import load_driver
-from .config import ServiceConfig, describe_validation
+from .config import ServiceConfig, check_driver_config, describe_validation
 from .driver import DeviceContext, Driver
 from .export import exported_methods, find_mark
 from .stream_end import BusStreamEnd
@@ -87,6 +87,7 @@ def build_drivers(cfg: ServiceConfig, source: str, runtime: ServiceRuntime) -> d
     """One validated driver per device; ConfigError names file, device and field."""
     from pydantic import ValidationError
 
+    check_driver_config(cfg, source)  # a service-level typo is the service's, not devices[0]'s
     cls = load_driver(cfg.kind, cfg.driver)
     drivers: dict[str, Driver] = {}
     for i, entry in enumerate(cfg.device_entries()):

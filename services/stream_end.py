@@ -53,6 +53,9 @@ class BusStreamEnd:
         if self.closed:
             raise trio.ClosedResourceError("stream closed")
         view = memoryview(data)
+        if not view and meta is not None:  # meta alone (e.g. a serial input acknowledgement)
+            await self._send(protocol.StreamData(self.sid, [], meta).to_frames(), True)
+            return
         while view:
             while self._credit <= 0:
                 if self.closed:

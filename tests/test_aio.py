@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import pexpect
 import pytest
 import trio
 
-from labctl.aio import AsyncLab
+from labctl.aio import AsyncLab, AsyncLease
 from labctl.errors import BadArguments
 
-from .harness import LabHarness, Proc, power_service
+from .harness import LabHarness, Proc, power_service, wait_until
 from .test_uploads import SINK
 
 
@@ -84,5 +85,56 @@ def test_async_attach_uses_and_keeps_a_lease_taken_elsewhere(lab2: LabHarness) -
                 assert same is held
             await held.release()
             assert (await lab.devices("name=pdu1.1"))[0]["lease"] is None
+
+    trio.run(main)
+
+
+def test_a_queued_async_lease_queues_again_after_a_broker_restart(harness: LabHarness) -> None:
+    lab2 = harness
+    lab2.start_broker()
+    lab2.start_service(power_service("pdu1", outlets=1))
+    holder = lab2.lab()
+    held = holder.lease("dut=rpi4-01")
+
+    async def main() -> None:
+        queued, requeued, granted = trio.Event(), trio.Event(), trio.Event()
+
+        def progress(update: dict[str, object]) -> None:
+            if update.get("requeued"):
+                requeued.set()
+            elif update.get("position") == 1:
+                queued.set()
+
+        def restart_broker() -> None:
+            assert lab2.broker is not None
+            lab2.broker.kill(signal.SIGKILL)
+            lab2.start_broker()  # forgets the queue; keeps the lease
+
+        def queue_length() -> int:
+            return len(holder.client.call("lease.list")["queue"])
+
+        async with AsyncLab(lab2.bus, timeout=5) as lab, trio.open_nursery() as nursery:
+            got: list[object] = []
+
+            async def wait_for_it() -> None:
+                got.append(await lab.acquire("dut=rpi4-01", wait="60s", progress=progress))
+                granted.set()
+
+            nursery.start_soon(wait_for_it)
+            with trio.fail_after(10):
+                await queued.wait()
+            await trio.to_thread.run_sync(restart_broker)
+            with trio.fail_after(20):
+                await requeued.wait()
+            await trio.to_thread.run_sync(
+                lambda: wait_until(lambda: queue_length() == 1, 15, "the new queue entry")
+            )
+            held.release()
+            with trio.fail_after(15):
+                await granted.wait()
+            (lease,) = got
+            assert isinstance(lease, AsyncLease)
+            assert lease.devices == ["pdu1.1"]
+            await lease.release()
 
     trio.run(main)

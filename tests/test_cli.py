@@ -54,7 +54,7 @@ def test_one_shot_refuses_a_device_someone_else_holds(lab1: LabHarness) -> None:
 
 
 def test_lease_commands_and_lease_from_the_environment(lab1: LabHarness) -> None:
-    acquired = lab1.run_cli("lease", "acquire", "dut=rpi4-01", "--duration", "5m", "-o", "name")
+    acquired = lab1.run_cli("lease", "acquire", "dut=rpi4-01", "--duration", "5m", "-o", "id")
     assert acquired.returncode == 0, acquired.stderr
     lease_id = acquired.stdout.strip()
     listed = json.loads(lab1.run_cli("lease", "list", "-o", "json").stdout)
@@ -122,7 +122,7 @@ def test_bad_service_config_names_file_and_field(harness: LabHarness) -> None:
     path.write_text(yaml.safe_dump({"service": "p", "kind": "power", "driver": "mock",
                                     "devices": [{"name": "a", "config": {"initial": "maybe"}}]}))  # fmt: skip
     r = harness.run_cli("service", "run", str(path))
-    assert r.returncode == 2 and "devices[0] (a) config: initial:" in r.stderr
+    assert r.returncode == 2 and "devices[0] (a): config.initial:" in r.stderr
     path.write_text(yaml.safe_dump({"service": "p", "kind": "power", "driver": "snmpp"}))
     r = harness.run_cli("service", "run", str(path))
     assert r.returncode == 2 and "unknown power driver 'snmpp'" in r.stderr
@@ -157,7 +157,7 @@ time.sleep(600)
 
 def test_a_lease_from_the_cli_outlives_the_command_and_the_grace_period(lab1: LabHarness) -> None:
     lease_id = lab1.run_cli(
-        "lease", "acquire", "dut=rpi4-01", "--duration", "5m", "-o", "name"
+        "lease", "acquire", "dut=rpi4-01", "--duration", "5m", "-o", "id"
     ).stdout.strip()
     lab = lab1.lab()
     ref = lab.client.call("lease.show", id=lease_id)["ref"]

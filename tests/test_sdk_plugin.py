@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import queue
+import subprocess
+import sys
+import threading
+
 import pytest
 import trio
 
@@ -77,3 +82,72 @@ def test_a_kind_the_lease_lacks_is_a_clear_error(lab1: LabHarness) -> None:
         pytest.raises(AttributeError, match=r"holds no 'serial' device \(it holds \['pdu1.1'\]\)"),
     ):
         _ = lease.serial
+
+
+PLUGIN_TESTS = """
+import os
+import pytest
+
+@pytest.mark.lab("board=rpi4")
+def test_uses_the_shell_lease(lease):
+    assert lease.id == os.environ["LABCTL_LEASE"]
+    assert lease.devices == ["pdu1.1"]
+
+@pytest.mark.lab("dut=none")
+def test_no_match(lease):
+    pass
+"""
+
+
+def test_inside_a_shell_a_marker_the_shell_lease_satisfies_uses_it(
+    lab1: LabHarness, pytester: pytest.Pytester
+) -> None:
+    path = pytester.makepyfile(PLUGIN_TESTS)
+    r = lab1.run_cli(
+        "shell", "dut=rpi4-01", "--", sys.executable, "-m", "pytest", str(path),
+        "-p", "no:cacheprovider", "--lab-wait", "0", timeout=60,
+    )  # fmt: skip
+    assert "1 passed, 1 error" in r.stdout, r.stdout + r.stderr
+    # a lease that cannot be had is one line, not a traceback through the plugin
+    assert "labctl: could not lease 'dut=none': NoMatch: " in r.stdout
+    assert "pytest_plugin.py" not in r.stdout and "During handling" not in r.stdout
+    assert lab1.lab().devices("name=pdu1.2")[0]["lease"] is None  # no second board taken
+
+
+def test_a_marked_test_queues_by_default_and_prints_its_position(
+    lab1: LabHarness, pytester: pytest.Pytester
+) -> None:
+    path = pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.lab("dut=rpi4-02")
+        def test_waits(lease):
+            assert lease.devices == ["pdu1.2"]
+        """
+    )
+    lab = lab1.lab()
+    held = lab.lease("dut=rpi4-02")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", str(path), "-p", "no:cacheprovider", "--lab-broker",
+         lab1.bus],
+        env={**lab1.env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()])
+    reader.start()
+    seen: list[str] = []
+    try:
+        while "waiting for 'dut=rpi4-02', position 1 in the queue" not in "".join(seen):
+            try:
+                seen.append(lines.get(timeout=30))
+            except queue.Empty:
+                raise AssertionError("no queue position printed:\n" + "".join(seen)) from None
+        held.release()
+        assert proc.wait(30) == 0, "".join(seen)
+        reader.join(10)
+        seen.extend(lines.queue)
+        assert "1 passed" in "".join(seen)
+    finally:
+        proc.kill()
+        proc.wait()

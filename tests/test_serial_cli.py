@@ -3,6 +3,7 @@ send, expect."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pexpect
@@ -90,7 +91,8 @@ def test_send_expect_and_log(dut: LabHarness, pty: Pty) -> None:
         == 0
     )
     missing = dut.run_cli("serial", "expect", "ser1", "panic", "--since", "0", "--timeout", "0.5")
-    assert missing.returncode == 1 and "did not appear within 0.5s" in missing.stderr
+    assert missing.returncode == 5 and "did not appear within 0.5s" in missing.stderr
+    assert "login: " in missing.stderr  # what the console printed, to debug from the log
     # (text mode folds \r\n into \n)
     assert dut.run_cli("serial", "log", "ser1").stdout == "Starting kernel ...\nlogin: "
     assert dut.run_cli("serial", "log", "ser1", "--since", "9").stdout == "kernel ...\nlogin: "
@@ -126,3 +128,51 @@ def test_expect_waits_for_new_output_by_default(dut: LabHarness, pty: Pty) -> No
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_send_then_expect_in_separate_processes_sees_an_answer_that_came_first(
+    dut: LabHarness, pty: Pty
+) -> None:
+    pty.write_all(b"old # ")  # an older prompt must not satisfy the expect below
+    wait_until(lambda: dut.lab().device("ser1").log()["end"] == 6, 5, "old output")
+    r = dut.run_cli("serial", "send", "ser1", "root", "--crlf")
+    assert r.returncode == 0, r.stderr
+    assert pty.read_exactly(6) == b"root\r\n"
+    pty.write_all(b"Password ok\r\nroot@b1:~# ")
+    wait_until(lambda: dut.lab().device("ser1").log()["end"] == 6 + 24, 5, "the answer")
+    # the answer is complete before expect starts: it searches from the send's position
+    got = dut.run_cli("serial", "expect", "ser1", "# ", "--timeout", "5", "-o", "json")
+    assert got.returncode == 0, got.stderr
+    found = json.loads(got.stdout)
+    assert found == {"offset": 30, "match": "# ", "before": "Password ok\r\nroot@b1:~"}
+    assert "--since 30" in got.stderr
+    # chained: from the printed offset, the next prompt only
+    pty.write_all(b"x\r\nroot@b1:~# ")
+    again = dut.run_cli("serial", "expect", "ser1", "~# ", "--since", "30", "--timeout", "5")
+    assert again.returncode == 0 and again.stdout == "~# \n", again.stderr
+    assert "--since 44" in again.stderr
+
+
+def test_send_with_expect_and_a_line_ending(dut: LabHarness, pty: Pty) -> None:
+    proc = subprocess.Popen(
+        [*LABCTL, "serial", "send", "ser1", "uname", "--linesep", "cr", "--expect", r"Linux \S+",
+         "--timeout", "10"],
+        env=dut.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert pty.read_exactly(6) == b"uname\r"
+        pty.write_all(b"uname\r\nLinux b1\r\n# ")
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+        assert out == "Linux b1\n"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_expect_timeout_has_its_own_exit_code(dut: LabHarness, pty: Pty) -> None:
+    r = dut.run_cli("serial", "send", "ser1", "ls", "--expect", "nothing-like-this", "--timeout",
+                    "0.5")  # fmt: skip
+    assert r.returncode == 5, (r.returncode, r.stderr)
+    assert "did not appear within 0.5s" in r.stderr
+    assert "Exit status: 0 matched; 5" in dut.run_cli("serial", "expect", "--help").stdout

@@ -30,6 +30,8 @@ from .ring import DEFAULT_SIZE, ScrollbackRing
 CHUNK = 64 * 1024
 #: most bytes one ``log()`` reply carries; page on with ``since`` for more
 LOG_MAX = 1 << 20
+#: writers (console streams with an ``input_id``) whose input byte count is remembered
+INPUT_IDS = 256
 #: the line settings ``settings()`` changes and every serial driver's config carries
 SETTINGS = ("baudrate", "bytesize", "parity", "stopbits", "xonxoff", "rtscts")
 
@@ -72,6 +74,12 @@ class SerialDriver(Driver):
         self._dropped = 0  # stream bytes thrown away while the port was gone
         self._streams = 0
         self._writers: set[trio.CancelScope] = set()
+        # where the output after the current lease's last write begins: ``labctl serial
+        # expect`` in a later process searches from here (forgotten by ``reset``)
+        self._last_send: int | None = None
+        # input bytes taken per writer ``input_id`` (newest INPUT_IDS): a client that
+        # reopens its stream after a broker restart learns what arrived and resends the rest
+        self._inputs: dict[str, int] = {}
 
     # -- primitives a driver implements -------------------------------------------------
     @property
@@ -124,6 +132,7 @@ class SerialDriver(Driver):
         """
         for scope in list(self._writers):
             scope.cancel()
+        self._last_send = None
         configured = self._configured_settings()
         if configured != self._settings:
             await self._apply_settings(configured)
@@ -137,6 +146,7 @@ class SerialDriver(Driver):
         if not isinstance(data, bytes | bytearray):
             raise BadArguments(f"send: data must be str or bytes, not {type(data).__name__}")
         async with self._port_lock:
+            self._last_send = self.ring.end
             await self.write_port(bytes(data))
         return len(data)
 
@@ -192,7 +202,11 @@ class SerialDriver(Driver):
 
     @export
     async def status(self) -> dict[str, Any]:
-        """Port state, current settings, scrollback offsets and stream counts."""
+        """Port state, current settings, scrollback offsets and stream counts.
+
+        ``last_send``: the scrollback offset at the last ``send`` since the last lease
+        reset (None if none), where the answer to it starts.
+        """
         return {
             "port": "connected" if self._connected else "disconnected",
             "url": self.port_url,
@@ -203,6 +217,7 @@ class SerialDriver(Driver):
             "streams": self._streams,
             "writers": len(self._writers),
             "dropped": self._dropped,
+            "last_send": self._last_send,
         }
 
     # -- the console stream -------------------------------------------------------------
@@ -213,29 +228,40 @@ class SerialDriver(Driver):
         replay first); neither means live data only. Every frame's meta has ``offset``
         (of its first byte), plus ``gap`` (bytes lost) when the reader fell behind the
         ring. A writable end's input goes to the port; while the port is gone it is
-        dropped (counted in ``status()['dropped']``).
+        dropped (counted in ``status()['dropped']``). With ``input_id`` (a writer's token,
+        the same across its reopens) the first frame is header-only with ``input``: the
+        bytes of that writer's input taken so far, and every frame carries it on, so a
+        client that reopens after a broker restart resends exactly what was lost.
         """
         if name != "console":
             raise BadRequest(f"{self.name}: no stream {name!r}; serial devices offer 'console'")
         args = end.args or {}
         position = self._first_offset(args.get("since"), args.get("tail"), self.ring.end)
+        input_id = args.get("input_id") if end.writable else None
+        if input_id is not None and not isinstance(input_id, str):
+            raise BadArguments(f"input_id must be a string, not {input_id!r}")
         scope = trio.CancelScope()  # reset() cancels it to end a lease's writable stream
         self._streams += 1
         try:
             with scope:
                 if end.writable:
                     self._writers.add(scope)
+                if input_id is not None:
+                    taken = self._inputs.setdefault(input_id, 0)
+                    while len(self._inputs) > INPUT_IDS:
+                        del self._inputs[next(iter(self._inputs))]
+                    await end.send(b"", {"offset": position, "input": taken})
                 async with trio.open_nursery() as nursery:
                     if end.writable:
-                        nursery.start_soon(self._forward_input, end)
-                    await self._forward_output(end, position)
+                        nursery.start_soon(self._forward_input, end, input_id)
+                    await self._forward_output(end, position, input_id)
         finally:
             self._streams -= 1
             self._writers.discard(scope)
         if scope.cancelled_caught:
             await end.close("the lease on this device ended")
 
-    async def _forward_output(self, end: StreamEnd, position: int) -> None:
+    async def _forward_output(self, end: StreamEnd, position: int, input_id: str | None) -> None:
         while True:
             offset, data = self.ring.read(position, CHUNK)
             if not data:
@@ -244,10 +270,12 @@ class SerialDriver(Driver):
             meta: dict[str, Any] = {"offset": offset}
             if offset > position:
                 meta["gap"] = offset - position
+            if input_id is not None:  # acknowledges the writer's input taken so far
+                meta["input"] = self._inputs.get(input_id, 0)
             await end.send(data, meta)
             position = offset + len(data)
 
-    async def _forward_input(self, end: StreamEnd) -> None:
+    async def _forward_input(self, end: StreamEnd, input_id: str | None) -> None:
         while True:
             try:
                 data = await end.receive()
@@ -255,9 +283,12 @@ class SerialDriver(Driver):
                 return  # the client stopped writing; keep showing it the console
             try:
                 async with self._port_lock:
+                    self._last_send = self.ring.end
                     await self.write_port(data)
             except DeviceOffline:
                 self._dropped += len(data)
+            if input_id is not None:  # taken (written, or dropped and counted): not resent
+                self._inputs[input_id] = self._inputs.get(input_id, 0) + len(data)
 
     # -- helpers ------------------------------------------------------------------------
     def _configured_settings(self) -> dict[str, Any]:

@@ -75,3 +75,20 @@ def test_end_of_stream_is_eof_and_a_closed_console_refuses_reads(
     con.close()
     with pytest.raises(ValueError):
         con.read_nonblocking(1)
+
+
+def test_a_failed_expect_shows_what_the_console_printed(
+    pair: tuple[Console, socket.socket],
+) -> None:
+    con, board = pair
+    board.sendall(b"x" * 5000 + b"\r\nKernel panic - not syncing: VFS\r\n")
+    con.expect_exact("\r\n")  # consumes the x's: they are before the last match
+    with pytest.raises(pexpect.TIMEOUT) as failed:
+        con.expect("login:", timeout=0.2)
+    text = str(failed.value)
+    assert "Kernel panic - not syncing: VFS" in text
+    assert "object at 0x" not in text and "x" * 100 not in text
+    board.sendall(b"y" * 3000)
+    with pytest.raises(pexpect.TIMEOUT) as failed:
+        con.expect("login:", timeout=0.2)
+    assert "last 2048 of 3" in str(failed.value)  # ~2 KiB, the newest

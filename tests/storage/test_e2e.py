@@ -38,7 +38,7 @@ def test_flash_power_on_and_the_board_boots_the_written_version(
         assert made.returncode == 0, made.stderr
         (tmp_path / "v9.img.gz").write_bytes(gzip.compress(img.read_bytes(), 1))
 
-        acquired = harness.run_cli("lease", "acquire", "dut=b1", "-o", "name")
+        acquired = harness.run_cli("lease", "acquire", "dut=b1", "-o", "id")
         assert acquired.returncode == 0, acquired.stderr
         lease_id = acquired.stdout.strip()
         env = {"LABCTL_LEASE": lease_id}
