@@ -74,6 +74,7 @@ class BrokerCalls:
             "lease.list": self.lease_list,
             "lease.show": self.lease_show,
         }
+        self._signatures: dict[str, inspect.Signature] = {}
 
     def dispatch(self, ident: bytes, msg: Message) -> None:
         call = protocol.Call.parse(msg)
@@ -85,7 +86,10 @@ class BrokerCalls:
         if name in IGNORED:
             kwargs.pop(IGNORED[name], None)
         try:  # the keywords fit the call before it runs (a TypeError inside it is a bug)
-            inspect.signature(fn).bind(ident, rid, **kwargs)
+            sig = self._signatures.get(name)
+            if sig is None:
+                sig = self._signatures[name] = inspect.signature(fn)
+            sig.bind(ident, rid, **kwargs)
         except TypeError as exc:
             raise BadArguments(f"broker call {name}: {exc}") from None
         result = fn(ident, rid, **kwargs)

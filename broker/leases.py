@@ -15,7 +15,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -27,6 +26,7 @@ from labctl.selector import parse
 
 from . import limits
 from .access import LeaseAccess, ref_of
+from .lease import Lease
 from .outbox import Outbox
 from .registry import Device, Registry
 from .resets import Resets
@@ -38,39 +38,6 @@ log = structlog.get_logger("leases")
 MAX_SECONDS = fields.MAX_SECONDS  # durations and waits: anything longer is a typo
 
 __all__ = ["Lease", "LeaseTable", "ref_of"]
-
-
-@dataclass(slots=True)
-class Lease:
-    id: str
-    holder: str
-    selector: str
-    devices: list[str]
-    begin: float
-    end: float
-    grace: float
-    keepalive_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def ref(self) -> str:
-        return ref_of(self.id)
-
-    def public(self) -> dict[str, Any]:
-        """What anyone may see: everything but the id, which is the holder's credential."""
-        row = self.row()
-        del row["id"]
-        return {"ref": self.ref, **row}
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "holder": self.holder,
-            "selector": self.selector,
-            "devices": self.devices,
-            "begin": self.begin,
-            "end": self.end,
-            "grace": self.grace,
-        }
 
 
 class LeaseTable:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -44,33 +42,13 @@ from .metrics import BrokerMetrics
 from .outbox import Outbox
 from .peers import Peers
 from .registry import Registry
+from .settings import BrokerSettings, Pending
 from .store import Store
 from .store_thread import StoreThread
 from .streams import StreamRouter
+from .upkeep import BadMessageLog, HeapTrim
 
 log = structlog.get_logger("broker")
-
-
-@dataclass
-class BrokerSettings:
-    bus: str = "tcp://127.0.0.1:5550"
-    events: str = "tcp://127.0.0.1:5551"
-    state: Path = field(default_factory=lambda: Path(".labctl-state"))
-    heartbeat: float = protocol.HEARTBEAT_INTERVAL
-    liveness: int = protocol.HEARTBEAT_LIVENESS
-    group_label: str = "dut"
-    lease_grace: float = 60.0
-    max_payload: int = protocol.MAX_PAYLOAD
-    events_public: str | None = None  # the events address peers should use, if not `events`
-    dashboard: str | None = None  # HOST:PORT to serve the dashboard on (docs/dashboard.md)
-
-
-@dataclass(slots=True)
-class Pending:
-    client: bytes
-    client_id: Any
-    service: bytes
-    deadline: float
 
 
 class Broker:
@@ -110,7 +88,8 @@ class Broker:
         self.started = time.time()
         self._pruned = 0.0
         self._full = False
-        self._handled = 0  # messages since the last trim (see _trim)
+        self.heap = HeapTrim()
+        self.bad_messages = BadMessageLog()
 
     # -- life cycle ---------------------------------------------------------------------
     def bind(self) -> None:
@@ -118,7 +97,11 @@ class Broker:
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.SNDHWM, 10000)
-        router.setsockopt(zmq.RCVHWM, 10000)
+        # per peer, at most 1,000 messages wait to be read (a flood queues in its sender), and
+        # no frame over twice max_payload is read at all (the peer is disconnected): the
+        # broker's inbound memory per peer is bounded, not just counted
+        router.setsockopt(zmq.RCVHWM, 1000)
+        router.setsockopt(zmq.MAXMSGSIZE, 2 * self.settings.max_payload)
         router.bind(self.settings.bus)
         self.bus_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         xpub = self.ctx.socket(zmq.XPUB)
@@ -160,11 +143,11 @@ class Broker:
 
     def _handle(self, frames: list[Any]) -> None:
         ident = frames[0]
-        self._handled += 1
+        self.heap.handled += 1
         try:
             msg = protocol.decode(frames[1:], self.settings.max_payload)
         except ProtocolError as err:
-            log.warning("bad message", peer=ident.hex(), error=err.message)
+            self.bad_messages.warn(ident, err.message)
             self.send(ident, protocol.Error.of(err, err.details.pop("id", None)).to_frames())
             return
         svc = self.registry.services.get(ident)
@@ -271,22 +254,11 @@ class Broker:
             self.leases.queue.remind()
             self.events_hub.flush()
             self.store.recover()  # a full disk: has space come back?
-            self._trim()
+            self.heap.tick()
             self._storage_changed()
             if wall - self._pruned > 3600:
                 self._pruned = wall
                 self.store.submit(self.store.store.prune)
-
-    def _trim(self) -> None:
-        """After a burst (a flood of messages, big frames), give the freed heap back to the
-        system: glibc keeps it otherwise, and the broker's RSS would stay at the burst's peak."""
-        if self._handled < TRIM_AFTER:
-            return
-        self._handled = 0
-        try:
-            _libc().malloc_trim(0)
-        except (OSError, AttributeError):
-            pass  # not glibc: nothing to trim
 
     def _storage_changed(self) -> None:
         """Say so (log, event, ``hello``'s ``storage``) when the state disk fills or frees."""
@@ -407,15 +379,6 @@ class Broker:
         protocol.STREAM_CREDIT: _on_stream,
         protocol.STREAM_CLOSE: _on_stream,
     }
-
-
-TRIM_AFTER = 20_000  # messages handled between two heap trims at most once per tick
-
-
-def _libc() -> Any:
-    import ctypes
-
-    return ctypes.CDLL(None)
 
 
 def _method_of(msg: Message) -> str:

@@ -14,13 +14,18 @@ DEVICE_COLUMNS = [
     ("name", lambda d: d["name"]),
     ("kind", lambda d: d["kind"]),
     ("driver", lambda d: d["driver"]),
-    ("online", lambda d: "yes" if d["online"] else "no"),
+    ("online", lambda d: "yes" if d["online"] else _offline(d)),
     ("health", lambda d: d["health"]),
     ("lease", lambda d: d["lease"] or "-"),
     ("holder", lambda d: d["holder"] or "-"),
     ("status", lambda d: status_text(d["status"])),
     ("labels", lambda d: labels_text(d["labels"])),
 ]
+
+
+def _offline(device: dict[str, Any]) -> str:
+    reason = device.get("offline_reason")
+    return f"no: {reason}" if reason else "no"
 
 
 @main.command()
@@ -32,14 +37,15 @@ DEVICE_COLUMNS = [
     type=click.Choice([*FORMATS, "wide"]),
     default="table",
     show_default=True,
-    help="table fits the terminal (truncating holder, status, driver, labels); wide shows all.",
+    help="table fits the terminal (truncating holder, status, driver, labels, why offline); "
+    "wide shows all.",
 )
 @broker_option
 def devices(selector: str, fmt: str, broker: str | None) -> None:
     """List devices, optionally those matching a label query (docs/selectors.md)."""
     with lab_from(broker) as lab:
         found = sorted(lab.devices(selector), key=lambda d: d["name"])
-    emit(found, fmt, DEVICE_COLUMNS, shrink=("holder", "status", "driver", "labels"))
+    emit(found, fmt, DEVICE_COLUMNS, shrink=("holder", "status", "driver", "labels", "online"))
 
 
 @main.group()

@@ -223,7 +223,8 @@ def lab_up(
 ) -> None:
     """Start the broker and every service of LAB.yaml (or the simulated example lab)."""
     from labctl import logs
-    from labctl.cli.lab_up import load_lab, prefix_own_logs, run_lab, state_dir_for
+    from labctl.cli.lab_output import prefix_own_logs
+    from labctl.cli.lab_up import load_lab, run_lab, state_dir_for
 
     logs.setup("lab")
     prefix_own_logs()

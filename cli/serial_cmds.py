@@ -76,6 +76,7 @@ def _interact(lab: Any, stream: Any, dev: Any, held: Any) -> None:
     if is_tty:
         tty.setraw(fd)
     escaped = False
+    told = 0  # service restarts reported
     try:
         while True:
             ready = stream.wait([fd], 1.0)
@@ -85,6 +86,7 @@ def _interact(lab: Any, stream: Any, dev: Any, held: Any) -> None:
                     if not data:
                         _say(f"[labctl] console closed: {stream.closed_reason}")
                         return
+                    told = _say_restarts(stream, told)
                     os.write(sys.stdout.fileno(), data)
             except TimeoutError:
                 pass
@@ -116,6 +118,16 @@ def _interact(lab: Any, stream: Any, dev: Any, held: Any) -> None:
         if saved is not None:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
         stream.close()
+
+
+def _say_restarts(stream: Any, told: int) -> int:
+    """Tell the user about each serial service restart under ``stream`` after the first
+    ``told`` (see ``ByteStream.restarts``); returns how many have been told."""
+    for event in stream.restarts[told:]:
+        _say(f"[labctl] the serial service restarted: output after offset {event['at']} of "
+             f"its previous run is lost, {event['lost']} bytes of the new run were "
+             "overwritten; continuing from the new run's oldest byte")  # fmt: skip
+    return len(stream.restarts)
 
 
 def _say(text: str) -> None:
@@ -182,7 +194,9 @@ def log(
         click.echo(f"[labctl] bytes {first}..{nxt} (more with --since {nxt})", err=True)
         if follow:
             with dev.stream("console", write=False, since=nxt) as stream:
+                told = 0
                 for data in stream:
+                    told = _say_restarts(stream, told)
                     out.write(data)
                     out.flush()
 

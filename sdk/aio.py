@@ -40,15 +40,18 @@ class AsyncDevice:
 
     @property
     def kind(self) -> str:
+        """The device's kind (``power``, ``serial``, ...), from the broker."""
         return str(self.info.get("kind", ""))
 
     @property
     def methods(self) -> dict[str, Any]:
+        """The device's interface: ``{method: {doc, args, mutating}}``."""
         return dict(self.info.get("interface", {}).get("methods", {}))
 
     async def call(
         self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any
     ) -> Any:
+        """Call ``method`` on the device; raises the driver's typed error, Timeout after ``timeout`` s."""
         msg = protocol.Request.call(self.name, method, args, kwargs, self.lease_id)
         return await self._lab.request(msg, timeout)
 
@@ -104,6 +107,7 @@ class AsyncLease(LeaseView):
         return self[self.name_of_kind(kind)]
 
     async def extend(self, duration: str | float) -> None:
+        """Push the lease's end back by ``duration`` (``"1h"`` or seconds)."""
         self.info = await self._lab.extend_lease(self.id, duration)
 
     async def release(self, reset: bool = True) -> None:
@@ -235,6 +239,7 @@ class AsyncLab:
         return [DeviceInfo(d) for d in await self.call("devices", selector=selector)]
 
     async def device(self, name: str, lease: AsyncLease | str | None = None) -> AsyncDevice:
+        """A proxy for device ``name``; with ``lease``, mutating calls are made under it."""
         lease_id = lease.id if isinstance(lease, AsyncLease) else lease
         return AsyncDevice(self, name, await self.call("device", name=name), lease_id)
 
@@ -354,22 +359,27 @@ class AsyncLab:
             await held.release(reset=False)
 
     async def leases(self) -> dict[str, Any]:
+        """``{leases: [public view], queue: [...]}`` (as ``Lab.leases``)."""
         return await self.call("lease.list")  # type: ignore[no-any-return]
 
     async def lease_info(self, lease: str) -> dict[str, Any]:
+        """A lease by id (full description) or public ref (public view)."""
         return await self.call("lease.show", id=lease)  # type: ignore[no-any-return]
 
     async def extend_lease(self, lease_id: str, duration: str | float) -> dict[str, Any]:
+        """Push a lease's end back by ``duration``; its new description."""
         return await self.call(  # type: ignore[no-any-return]
             "lease.extend", id=lease_id, duration=parse_duration(duration), who=holder_identity()
         )
 
     async def release_lease(self, lease: str, force: bool = False, reason: str = "") -> None:
+        """Give a lease back by id (admins: anyone's by ref, with ``force`` and ``reason``)."""
         await self.call("lease.release", id=lease, force=force, reason=reason,
                         who=holder_identity())  # fmt: skip
 
     # -- administration and events ----------------------------------------------------------
     async def set_health(self, device: str, health: str, reason: str = "") -> dict[str, Any]:
+        """Mark a device ``good``, ``maintenance`` or ``bad`` (with a reason)."""
         return await self.call(  # type: ignore[no-any-return]
             "health", name=device, health=health, reason=reason, who=holder_identity()
         )
@@ -377,6 +387,7 @@ class AsyncLab:
     async def history(
         self, since: float = 3600, topic: str = "*", limit: int = 10000
     ) -> list[dict[str, Any]]:
+        """Journaled events of the last ``since`` seconds matching ``topic``, oldest first."""
         return await self.call(  # type: ignore[no-any-return]
             "events", since=since, topic=topic, limit=limit
         )

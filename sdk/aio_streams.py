@@ -18,7 +18,9 @@ from pexpect import EOF, TIMEOUT
 
 from . import core, protocol
 from .client import CONNECT_TIMEOUT, events_address
+from .console import printed_tail
 from .errors import LabError, Timeout
+from .streams import note_epoch
 from .triozmq import TrioSocket
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ class AsyncByteStream:
         self._changed = trio.Event()
         self._failure: LabError | None = None  # a resume that gave up
         self._cancel: trio.CancelScope | None = None  # the receiver's
+        self.restarts: list[dict[str, Any]] = []  # as ByteStream.restarts
 
     @property
     def writable(self) -> bool:
@@ -135,7 +138,10 @@ class AsyncByteStream:
                 self._sock.send_nowait(st.ping_frames())
                 continue
             try:
-                st.on_message(protocol.decode(frames))
+                msg = protocol.decode(frames)
+                if msg.mtype == protocol.STREAM_DATA and msg.sid == st.sid:
+                    note_epoch(st, protocol.StreamData.parse(msg).meta, self.restarts)
+                st.on_message(msg)
             except LabError:
                 continue
             if st.pending_resume is not None:
@@ -297,7 +303,13 @@ class AsyncConsole:
                 self.buffer = self.buffer[m.end() :]
                 return index
             left = None if deadline is None else max(0.0, deadline - trio.current_time())
-            self.buffer += self._text(await self._read(left))
+            try:
+                data = await self._read(left)
+            except (TIMEOUT, EOF) as exc:  # as pexpect: before = what came, shown in the error
+                self.before, self.after, self.match = self.buffer, type(exc), None
+                text = printed_tail(f"<AsyncConsole {self.stream.state.label}>", self.buffer)
+                raise type(exc)(f"{exc}\n{text}") from None
+            self.buffer += self._text(data)
 
     async def send(self, s: str | bytes) -> int:
         data = s.encode(self.encoding or "utf-8") if isinstance(s, str) else bytes(s)

@@ -192,14 +192,19 @@ class Console(SpawnBase):  # type: ignore[misc]
         """What a failed ``expect`` shows (pexpect puts ``str(console)`` in its TIMEOUT and
         EOF messages): the console's last ``TAIL`` characters, so a failed boot in CI can
         be read from the test's output."""
-        before = self.before
-        if isinstance(before, bytes):
-            before = before.decode(errors="replace")
-        if not before:
-            return f"{self.name}: printed nothing since the last match"
-        tail = before[-TAIL:]
-        cut = f"last {len(tail)} of {len(before)}" if len(before) > TAIL else f"all {len(before)}"
-        return f"{self.name}: {cut} characters printed since the last match:\n{tail}"
+        return printed_tail(self.name, self.before)
+
+
+def printed_tail(name: str, before: Any) -> str:
+    """``name`` and the last ``TAIL`` characters of ``before`` (what the console printed
+    since the last match), for the message of a failed expect."""
+    if isinstance(before, bytes):
+        before = before.decode(errors="replace")
+    if not before:
+        return f"{name}: printed nothing since the last match"
+    tail = before[-TAIL:]
+    cut = f"last {len(tail)} of {len(before)}" if len(before) > TAIL else f"all {len(before)}"
+    return f"{name}: {cut} characters printed since the last match:\n{tail}"
 
 
 class FdTransport:

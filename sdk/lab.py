@@ -35,13 +35,16 @@ class Device:
 
     @property
     def kind(self) -> str:
+        """The device's kind (``power``, ``serial``, ...), from the broker."""
         return str(self.info.get("kind", ""))
 
     @property
     def methods(self) -> dict[str, Any]:
+        """The device's interface: ``{method: {doc, args, mutating}}``."""
         return dict(self.info.get("interface", {}).get("methods", {}))
 
     def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call ``method`` on the device; raises the driver's typed error, Timeout after ``timeout`` s."""
         return self._lab.client.call_device(self.name, method, args, kwargs, self.lease_id, timeout)
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
@@ -98,7 +101,7 @@ class Device:
         args: dict[str, Any] = {} if since is None else {"since": since}
         if (self.lease_id is not None) if write is None else write:
             # names this writer across reopens: input lost in a broker restart is resent
-            args["input_idX"] = token_hex(8)
+            args["input_id"] = token_hex(8)
         return Console(self.stream("console", write=write, **args), encoding=encoding)
 
     def __repr__(self) -> str:
@@ -132,11 +135,13 @@ class Lease(LeaseView):
         return self[self.name_of_kind(kind)]
 
     def extend(self, duration: str | float) -> None:
+        """Push the lease's end back by ``duration`` (``"1h"`` or seconds)."""
         self.info = self._lab.client.call(
             "lease.extend", id=self.id, duration=parse_duration(duration), who=holder_identity()
         )
 
     def release(self, reset: bool = True) -> None:
+        """Give the lease back (once); ``reset=False`` skips the devices' on-release reset."""
         if self.released:
             return
         self.released = True
@@ -218,6 +223,7 @@ class Lab:
         self._welcome: dict[str, Any] | None = None
 
     def close(self) -> None:
+        """Stop the keepalives and close the connection (leases held are released by expiry)."""
         self._keepalive.stop()
         self.client.close()
 
@@ -234,6 +240,7 @@ class Lab:
 
     @timeout.setter
     def timeout(self, value: float) -> None:
+        """Seconds a call waits for its reply by default."""
         self.client.timeout = value
 
     def hello(self) -> dict[str, Any]:
@@ -261,6 +268,7 @@ class Lab:
         return [DeviceInfo(d) for d in self.client.call("devices", selector=selector)]
 
     def device(self, name: str, lease: Lease | str | None = None) -> Device:
+        """A proxy for device ``name``; with ``lease``, mutating calls are made under it."""
         info = self.client.call("device", name=name)
         lease_id = lease.id if isinstance(lease, Lease) else lease
         return device_class(info.get("kind"))(self, name, info, lease=lease_id)
@@ -418,4 +426,5 @@ class Lab:
                     return
 
     def event_stream(self, topic: str = "*") -> EventStream:
+        """A live subscription to events matching ``topic`` (``with`` closes it)."""
         return EventStream(self, topic)

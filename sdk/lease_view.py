@@ -16,22 +16,27 @@ class DeviceInfo(dict[str, Any]):
 
     @property
     def name(self) -> str:
+        """The device's name."""
         return str(self["name"])
 
     @property
     def kind(self) -> str:
+        """Its kind (``power``, ``serial``, ...)."""
         return str(self.get("kind") or "")
 
     @property
     def driver(self) -> str:
+        """The driver its service runs."""
         return str(self.get("driver") or "")
 
     @property
     def labels(self) -> dict[str, str]:
+        """Its labels (what selectors match)."""
         return dict(self.get("labels") or {})
 
     @property
     def online(self) -> bool:
+        """Whether its service is alive and the hardware reachable."""
         return bool(self.get("online"))
 
     @property
@@ -46,6 +51,7 @@ class DeviceInfo(dict[str, Any]):
 
     @property
     def health_reason(self) -> str:
+        """Why it is not ``good`` ("" if it is)."""
         return str(self.get("health_reason") or "")
 
     @property
@@ -55,6 +61,7 @@ class DeviceInfo(dict[str, Any]):
 
     @property
     def holder(self) -> str | None:
+        """Who holds the lease on it (None if free)."""
         return self.get("holder")
 
     @property
@@ -64,6 +71,7 @@ class DeviceInfo(dict[str, Any]):
 
     @property
     def service(self) -> str:
+        """The service that drives it."""
         return str(self.get("service") or "")
 
     def __repr__(self) -> str:

@@ -4,7 +4,9 @@ A ``ByteStream`` is also the ``Transport`` that ``Console`` (pexpect's API) read
 What the messages mean (credit, offsets, the close, when to resume) is ``core.StreamState``;
 this class only waits on its socket. For serial consoles the service tags data with
 offsets, so when the broker restarts underneath it, it opens the stream again from that
-offset: nothing is lost or read twice.
+offset: nothing is lost or read twice. If the *service* restarted meanwhile its offsets
+began again at 0 under a new ``epoch``: the stream then resumes at the new run's oldest
+byte and records (``restarts``) and logs what was lost, never reading the wrong bytes.
 
 Input works the same way when the stream has an ``input_id`` (``Device.console()`` gives
 writable consoles one): bytes written are kept until the service acknowledges them
@@ -16,6 +18,7 @@ went unacknowledged) the write or read raises StreamClosed instead of losing the
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -32,9 +35,32 @@ if TYPE_CHECKING:
 
 __all__ = ["WINDOW", "PING_AFTER", "RESUME_FOR", "ByteStream"]
 
+log = logging.getLogger("labctl.streams")
+
 PROBE_TIMEOUT = 3.0  # seconds an idle stream waits for the broker to answer `hello`
 ACK_TIMEOUT = 5.0  # seconds a reopened stream with input waits for the service's count
 UNACKED_MAX = 1 << 20  # input bytes kept for a resend; older ones cannot be resent
+
+
+def note_epoch(state: StreamState, meta: dict[str, Any] | None, restarts: list[Any]) -> None:
+    """Remember the scrollback epoch a frame names (a reopen sends it back); if the service
+    restarted since, append ``{was, epoch, at, lost}`` to ``restarts`` and log it."""
+    if not meta or "epoch" not in meta:
+        return
+    epoch, before = meta["epoch"], state.args.get("epoch")
+    state.args["epoch"] = epoch
+    restarted = meta.get("restarted")
+    if before is None or before == epoch or not isinstance(restarted, dict):
+        return
+    lost = int(restarted.get("lost") or 0)
+    restarts.append({"was": before, "epoch": epoch, "at": state.offset, "lost": lost})
+    state.gaps += lost
+    log.warning(
+        "%s: the serial service restarted (scrollback %s -> %s): output after offset %s "
+        "of the old run is lost, and %d bytes of the new run were overwritten; resuming "
+        "at the oldest byte kept",
+        state.label, before, epoch, state.offset, lost,
+    )  # fmt: skip
 
 
 class ByteStream:
@@ -60,6 +86,9 @@ class ByteStream:
         self._kept_from = 0  # input count at the first byte of _unacked
         self._unacked = bytearray()  # input not yet acknowledged, for a resend
         self._ack_heard = False
+        #: scrollback epochs crossed by a resume (the service restarted): ``{was, epoch,
+        #: at (offset in the old run), lost (bytes of the new run already overwritten)}``
+        self.restarts: list[dict[str, Any]] = []
         self._open()
 
     # the state a caller may look at
@@ -151,11 +180,12 @@ class ByteStream:
 
     # -- incoming -----------------------------------------------------------------------
     def _on_message(self, msg: protocol.Message) -> None:
-        ours = msg.mtype == protocol.STREAM_DATA and msg.sid == self.state.sid
-        if self._input_id is not None and ours:
-            taken = (protocol.StreamData.parse(msg).meta or {}).get("input")
-            if isinstance(taken, int) and not isinstance(taken, bool):
+        if msg.mtype == protocol.STREAM_DATA and msg.sid == self.state.sid:
+            meta = protocol.StreamData.parse(msg).meta or {}
+            taken = meta.get("input")
+            if self._input_id is not None and isinstance(taken, int):
                 self._ack(taken)
+            note_epoch(self.state, meta, self.restarts)
         if self.state.on_message(msg):
             self._last_heard = time.monotonic()
 

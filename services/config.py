@@ -134,16 +134,17 @@ def parse_model(model: type[BaseModel], data: Any, source: str) -> Any:
         raise ConfigError(describe_validation(source, exc)) from None
 
 
-def check_driver_config(cfg: ServiceConfig, source: str) -> None:
+def check_driver_config(cfg: ServiceConfig, source: str, cls: Any = None) -> None:
     """Load ``cfg``'s driver and validate every device's config against the driver's Config.
 
-    A field wrong in the service-level ``config`` is blamed on the service, one given in a
+    ``cls``: the driver class when the caller has it already. A field wrong in the
+    service-level ``config`` is blamed on the service, one given in a
     device's own ``config`` on that device, so the message points at the line to fix.
     """
     from labctl.services.catalog import load_driver
 
     try:
-        cls = load_driver(cfg.kind, cfg.driver)
+        cls = cls or load_driver(cfg.kind, cfg.driver)
     except ConfigError as exc:
         raise ConfigError(f"{source}: driver: {exc.message}") from None
     errors: list[str] = []

@@ -87,8 +87,8 @@ def build_drivers(cfg: ServiceConfig, source: str, runtime: ServiceRuntime) -> d
     """One validated driver per device; ConfigError names file, device and field."""
     from pydantic import ValidationError
 
-    check_driver_config(cfg, source)  # a service-level typo is the service's, not devices[0]'s
     cls = load_driver(cfg.kind, cfg.driver)
+    check_driver_config(cfg, source, cls)  # a service-level typo is the service's, not devices[0]'s
     drivers: dict[str, Driver] = {}
     for i, entry in enumerate(cfg.device_entries()):
         merged = {**cfg.config, **entry.config}

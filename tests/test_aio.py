@@ -38,8 +38,11 @@ def test_async_console_expects_what_it_sent(lab2: LabHarness) -> None:
                 await con.sendline("echo hello")
                 assert await con.expect(["nothing", r"hel+o"], timeout=5) == 1
                 assert con.before == "echo " and con.after == "hello"
-                with pytest.raises(pexpect.TIMEOUT):
+                await con.sendline("booting... Kernel panic")
+                with pytest.raises(pexpect.TIMEOUT) as failed:
                     await con.expect_exact("never", timeout=0.2)
+                assert "Kernel panic" in str(failed.value)  # what the console printed
+                assert "Kernel panic" in con.before
 
     trio.run(main)
 
@@ -136,5 +139,36 @@ def test_a_queued_async_lease_queues_again_after_a_broker_restart(harness: LabHa
             assert isinstance(lease, AsyncLease)
             assert lease.devices == ["pdu1.1"]
             await lease.release()
+
+    trio.run(main)
+
+
+def test_async_reader_is_told_when_the_serial_service_restarted(harness: LabHarness) -> None:
+    cfg = {"service": "con1", "kind": "serial", "driver": "mock", "labels": {"dut": "b1"}}
+    harness.start_broker()
+    svc = harness.start_service(cfg)
+
+    async def main() -> None:
+        async with AsyncLab(harness.bus) as lab, lab.lease("dut=b1") as lease:
+            async with lease.serial.stream("console", since=0) as stream:
+                await lease.serial.send("before\n")  # the mock echoes what it is sent
+                got = b""
+                while b"before\n" not in got:
+                    got += await stream.read_some(10)
+                assert stream.restarts == []
+
+                def restart() -> None:
+                    svc.kill(signal.SIGKILL)
+                    harness.wait_online(["con1"], online=False)
+                    harness.start_service(cfg)
+
+                await trio.to_thread.run_sync(restart)
+                await lease.serial.send("after\n")
+                got = b""
+                while b"after\n" not in got:  # offset 0 of the new run, not skipped
+                    got += await stream.read_some(30)
+                assert got == b"after\n"
+            (restart_event,) = stream.restarts
+            assert restart_event["at"] == len(b"before\n") and restart_event["lost"] == 0
 
     trio.run(main)

@@ -177,7 +177,8 @@ def test_a_lease_from_the_cli_outlives_the_command_and_the_grace_period(lab1: La
         holder.kill()
         holder.wait()
     assert [le["ref"] for le in lab.client.call("lease.list")["leases"]] == [ref]
-    assert lab1.run_cli("power", "on", "pdu1.1", "--lease", lease_id).stdout.strip() == "on"
+    on = lab1.run_cli("power", "on", "pdu1.1", "--lease", lease_id)
+    assert on.stdout.strip() == "on", on.stderr
     assert lab1.run_cli("lease", "release", lease_id).returncode == 0
     ended = lab1.run_cli("power", "off", "pdu1.1", "--lease", lease_id)
     assert ended.returncode == 7 and f"lease {lease_id} is not active" in ended.stderr

@@ -306,6 +306,13 @@ def test_lab_up_says_which_part_keeps_failing_and_why_one_prefixed_line_per_reco
 
             reason = "online:  no its service card keeps failing: FileNotFoundError: "
             wait_until(lambda: reason in shown(), 20, "the reason in device show")
+            listing = subprocess.run(
+                [sys.executable, "-m", "labctl.cli", "devices", "-o", "wide"],
+                capture_output=True, text=True, timeout=30,
+                env=dict(os.environ, LABCTL_BROKER=f"ipc://{workdir}/bus"),
+            ).stdout  # fmt: skip
+            assert re.search(r"^card +storage +mock +no: (its service card keeps failing: "
+                             r"FileNotFoundError|service card not heard from)", listing, re.M), listing  # fmt: skip
         finally:
             lab.close()
         up.send_signal(signal.SIGTERM)

@@ -75,3 +75,21 @@ def test_events_iteration_ends_after_a_quiet_timeout(lab1: LabHarness) -> None:
     started = time.monotonic()
     assert list(lab.events("nothing.ever.*", timeout=0.3)) == []
     assert time.monotonic() - started < 5
+
+
+def test_every_public_method_of_the_sdk_classes_says_what_it_does() -> None:
+    import inspect
+
+    from labctl.aio import AsyncDevice, AsyncLease
+    from labctl.lab import Device, Lab, Lease
+
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls in (Lab, AsyncLab, Lease, AsyncLease, Device, AsyncDevice, DeviceInfo)
+        for name, member in vars(cls).items()
+        if not name.startswith("_")
+        and (inspect.isfunction(member) or isinstance(member, property))
+        and not inspect.getdoc(member)
+    ]
+    assert missing == []
+    assert inspect.signature(Device.console).return_annotation == "Console"

@@ -14,6 +14,7 @@ config, lease reset, status and the events. A driver fills in a few primitives:
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, ClassVar, Literal
 
 import trio
@@ -66,6 +67,9 @@ class SerialDriver(Driver):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ring = ScrollbackRing(self.config.scrollback)
+        # names this run's scrollback: offsets start at 0 again when the service restarts,
+        # so a reader that resumes with another epoch is told, not fed the wrong bytes
+        self.epoch = secrets.token_hex(4)
         self._grew = trio.Event()  # set (and replaced) whenever the ring grows
         self._port_lock = trio.Lock()
         self._settings = self._configured_settings()
@@ -151,17 +155,31 @@ class SerialDriver(Driver):
         return len(data)
 
     @export
-    async def log(self, since: int | None = None, tail: int | None = None) -> dict[str, Any]:
+    async def log(
+        self, since: int | None = None, tail: int | None = None, epoch: str | None = None
+    ) -> dict[str, Any]:
         """Scrollback from absolute offset ``since`` and/or the last ``tail`` bytes.
 
         Returns ``{"offset", "data", "end"}``: ``data`` starts at ``offset`` (later than
         ``since`` when bytes were overwritten) and ``end`` is the next offset the port
         will write. At most 1 MiB per call: if ``offset + len(data) < end``, call again
         with ``since=offset + len(data)``. No arguments: everything kept.
+
+        ``epoch`` names the scrollback (a new one each time the service starts: offsets
+        restart at 0). Pass the one a previous answer had: if the service restarted since,
+        the answer starts at the oldest byte of the new run and has ``restarted: {was,
+        lost}`` (``lost``: bytes of the new run already overwritten; the old run's output
+        after ``since`` is gone too).
         """
+        restarted = epoch is not None and epoch != self.epoch
+        if restarted:  # ``since`` counts in an earlier run's scrollback: start this one's
+            since, tail = None, None
         first = self._first_offset(since, tail, default=self.ring.start)
         offset, data = self.ring.read(first, LOG_MAX)
-        return {"offset": offset, "data": data, "end": self.ring.end}
+        out = {"offset": offset, "data": data, "end": self.ring.end, "epoch": self.epoch}
+        if restarted:
+            out["restarted"] = {"was": epoch, "lost": self.ring.start}
+        return out
 
     async def send_break(self, duration: float = 0.25) -> str:
         """Send a serial break (hold the line low ``duration`` s; SysRq on Linux)."""
@@ -225,7 +243,10 @@ class SerialDriver(Driver):
         """Serve one console stream until the client closes it (the runtime cancels us).
 
         ``end.args``: ``since`` (absolute offset) and/or ``tail`` (bytes of scrollback to
-        replay first); neither means live data only. Every frame's meta has ``offset``
+        replay first); neither means live data only. ``epoch``: the scrollback ``since``
+        counts in; if the service restarted since (another epoch), the stream starts at
+        the new run's oldest byte and the first frame says ``restarted: {was, lost}``.
+        The first frame is header-only: ``offset``, ``epoch`` (and ``input``, below). Every frame's meta has ``offset``
         (of its first byte), plus ``gap`` (bytes lost) when the reader fell behind the
         ring. A writable end's input goes to the port; while the port is gone it is
         dropped (counted in ``status()['dropped']``). With ``input_id`` (a writer's token,
@@ -236,7 +257,11 @@ class SerialDriver(Driver):
         if name != "console":
             raise BadRequest(f"{self.name}: no stream {name!r}; serial devices offer 'console'")
         args = end.args or {}
-        position = self._first_offset(args.get("since"), args.get("tail"), self.ring.end)
+        since, tail, epoch = args.get("since"), args.get("tail"), args.get("epoch")
+        restarted = epoch is not None and epoch != self.epoch
+        if restarted:  # ``since`` counts in an earlier run's scrollback: start this one's
+            since, tail = self.ring.start, None
+        position = self._first_offset(since, tail, self.ring.end)
         input_id = args.get("input_id") if end.writable else None
         if input_id is not None and not isinstance(input_id, str):
             raise BadArguments(f"input_id must be a string, not {input_id!r}")
@@ -246,11 +271,15 @@ class SerialDriver(Driver):
             with scope:
                 if end.writable:
                     self._writers.add(scope)
+                # a header-only first frame: where the stream starts, in which scrollback
+                first: dict[str, Any] = {"offset": position, "epoch": self.epoch}
+                if restarted:
+                    first["restarted"] = {"was": epoch, "lost": self.ring.start}
                 if input_id is not None:
-                    taken = self._inputs.setdefault(input_id, 0)
+                    first["input"] = self._inputs.setdefault(input_id, 0)
                     while len(self._inputs) > INPUT_IDS:
                         del self._inputs[next(iter(self._inputs))]
-                    await end.send(b"", {"offset": position, "input": taken})
+                await end.send(b"", first)
                 async with trio.open_nursery() as nursery:
                     if end.writable:
                         nursery.start_soon(self._forward_input, end, input_id)

@@ -82,7 +82,11 @@ class Mutator:
             return p.REQUEST, header, [p.pack(args)]
         if kind in (3, 4, 5):
             name = r.choice(list(CALLS))
-            return p.CALL, {"id": rid, "method": name, "timeout": 5}, [p.pack([[], dict(CALLS[name])])]
+            return (
+                p.CALL,
+                {"id": rid, "method": name, "timeout": 5},
+                [p.pack([[], dict(CALLS[name])])],
+            )
         if kind == 6:
             header = {"id": rid, "device": "pdu1.1", "stream": "console", "write": False,
                       "lease": None, "args": {}, "credit": 4096, "timeout": 5}  # fmt: skip

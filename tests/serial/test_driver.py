@@ -46,13 +46,18 @@ async def test_log_returns_scrollback_by_offset_and_tail(tmp_path: Path) -> None
             await watcher.client_wait_for_offset(len(boot))  # the driver read it all
 
         log = run.driver.log
-        assert await log() == {"offset": 5904, "data": boot[5904:], "end": 10_000}
-        assert await log(since=9000) == {"offset": 9000, "data": boot[9000:], "end": 10_000}
+        epoch = run.driver.epoch
+        assert await log() == {"offset": 5904, "data": boot[5904:], "end": 10_000, "epoch": epoch}
+        assert await log(since=9000) == {
+            "offset": 9000, "data": boot[9000:], "end": 10_000, "epoch": epoch
+        }  # fmt: skip
         assert (await log(tail=10))["data"] == boot[-10:]
         lost = await log(since=100)  # overwritten: the answer starts later
         assert lost["offset"] == 5904 and lost["data"] == boot[5904:]
         assert (await log(since=9000, tail=500))["offset"] == 9500
-        assert await log(since=20_000) == {"offset": 10_000, "data": b"", "end": 10_000}
+        assert await log(since=20_000) == {
+            "offset": 10_000, "data": b"", "end": 10_000, "epoch": epoch
+        }  # fmt: skip
         with pytest.raises(BadArguments):
             await log(since="10")  # type: ignore[arg-type]
     pty.close()
@@ -178,7 +183,7 @@ def test_interface_exports_break_and_marks_what_mutates() -> None:
         "log": False,
         "status": False,
     }
-    assert [a["name"] for a in iface["methods"]["log"]["args"]] == ["since", "tail"]
+    assert [a["name"] for a in iface["methods"]["log"]["args"]] == ["since", "tail", "epoch"]
 
 
 def test_config_names_the_bad_field() -> None:

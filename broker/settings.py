@@ -1,0 +1,31 @@
+"""The broker's settings (``labctl broker run`` options) and its pending-request entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labctl import protocol
+
+
+@dataclass
+class BrokerSettings:
+    bus: str = "tcp://127.0.0.1:5550"
+    events: str = "tcp://127.0.0.1:5551"
+    state: Path = field(default_factory=lambda: Path(".labctl-state"))
+    heartbeat: float = protocol.HEARTBEAT_INTERVAL
+    liveness: int = protocol.HEARTBEAT_LIVENESS
+    group_label: str = "dut"
+    lease_grace: float = 60.0
+    max_payload: int = protocol.MAX_PAYLOAD
+    events_public: str | None = None  # the events address peers should use, if not `events`
+    dashboard: str | None = None  # HOST:PORT to serve the dashboard on (docs/dashboard.md)
+
+
+@dataclass(slots=True)
+class Pending:
+    client: bytes
+    client_id: Any
+    service: bytes
+    deadline: float
