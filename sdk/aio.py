@@ -81,7 +81,11 @@ class AsyncDevice:
         self, since: int | None = None, write: bool | None = None, encoding: str | None = "utf-8"
     ) -> AsyncConsole:
         """A pexpect-style console (``async with device.console() as con``)."""
-        args = {} if since is None else {"since": since}
+        from secrets import token_hex
+
+        args: dict[str, Any] = {} if since is None else {"since": since}
+        if (self.lease_id is not None) if write is None else write:
+            args["input_id"] = token_hex(8)  # input lost in a broker restart is resent
         return AsyncConsole(self.stream("console", write=write, **args), encoding=encoding)
 
     def __repr__(self) -> str:

@@ -20,7 +20,7 @@ from . import core, protocol
 from .client import CONNECT_TIMEOUT, events_address
 from .console import printed_tail
 from .errors import LabError, Timeout
-from .streams import note_epoch
+from .streams import ACK_TIMEOUT, InputLog, note_epoch
 from .triozmq import TrioSocket
 
 if TYPE_CHECKING:
@@ -56,6 +56,9 @@ class AsyncByteStream:
         self._failure: LabError | None = None  # a resume that gave up
         self._cancel: trio.CancelScope | None = None  # the receiver's
         self.restarts: list[dict[str, Any]] = []  # as ByteStream.restarts
+        input_id = args.get("input_id") if write else None
+        self._input = InputLog() if isinstance(input_id, str) else None  # as ByteStream's
+        self._opens = 0
 
     @property
     def writable(self) -> bool:
@@ -104,9 +107,12 @@ class AsyncByteStream:
             while True:
                 msg = protocol.decode(frames)
                 if msg.id == rid:
+                    if self._input is not None:
+                        self._input.heard = False
                     self.state.opened(core.settle(msg)[1])
+                    self._opens += 1
                     return
-                self.state.on_message(msg)
+                self._on_message(msg)
                 frames = await sock.recv()
         raise Timeout(f"{self.state.label}: no answer to the open within {self.timeout:g}s")
 
@@ -116,6 +122,8 @@ class AsyncByteStream:
         while True:
             try:
                 await self._open()
+                if self._input is not None:
+                    await self._resend_input(why)
                 return
             except core.RETRY_OPEN as exc:
                 if trio.current_time() >= deadline:
@@ -126,6 +134,42 @@ class AsyncByteStream:
                 return
             await trio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _take(self, frames: list[Any]) -> None:
+        self._on_message(protocol.decode(frames))
+
+    def _on_message(self, msg: protocol.Message) -> None:
+        """One incoming message: input counts and epochs from data meta, then the state."""
+        st = self.state
+        if msg.mtype == protocol.STREAM_DATA and msg.sid == st.sid:
+            meta = protocol.StreamData.parse(msg).meta
+            note_epoch(st, meta, self.restarts)
+            if self._input is not None:
+                self._input.ack(meta)
+        st.on_message(msg)
+
+    async def _resend_input(self, why: str) -> None:
+        """After a reopen: wait for the service's count of our input, send the rest again
+        (as ByteStream), taking messages meanwhile; on doubt the stream fails."""
+        assert self._input is not None and self._sock is not None
+        input_log = self._input
+        with trio.move_on_after(ACK_TIMEOUT):
+            while not input_log.heard and self.state.closed_reason is None:
+                self._take(await self._sock.recv())
+        if not input_log.heard and input_log.pending:
+            self._failure = input_log.lost(why, self.state)
+            return
+        self._failure = input_log.check(why, self.state)
+        if self._failure is not None:
+            return
+        view = memoryview(bytes(input_log.pending))
+        while view and self.state.closed_reason is None:
+            if self.state.credit <= 0:
+                self._take(await self._sock.recv())
+                continue
+            frames, n = self.state.data_frames(view)
+            await self._sock.send(frames, copy=n < 4096)
+            view = view[n:]
 
     async def _receiver(self) -> None:
         st = self.state
@@ -138,10 +182,7 @@ class AsyncByteStream:
                 self._sock.send_nowait(st.ping_frames())
                 continue
             try:
-                msg = protocol.decode(frames)
-                if msg.mtype == protocol.STREAM_DATA and msg.sid == st.sid:
-                    note_epoch(st, protocol.StreamData.parse(msg).meta, self.restarts)
-                st.on_message(msg)
+                self._take(frames)
             except LabError:
                 continue
             if st.pending_resume is not None:
@@ -175,12 +216,18 @@ class AsyncByteStream:
         """Send bytes, waiting for credit; the service's typed error if it closed with one."""
         st = self.state
         view = memoryview(data)
+        opens = self._opens
+        if self._input is not None:
+            st.check_writable()
+            self._input.add(data)
         while view:
             if self._failure is not None:
                 raise self._failure
             st.check_writable()
             if st.credit <= 0:
                 await self._changed.wait()
+                if self._input is not None and self._opens != opens:
+                    return  # the reopen resent all unacknowledged input, this included
                 continue
             frames, n = st.data_frames(view)
             assert self._sock is not None

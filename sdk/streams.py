@@ -63,6 +63,49 @@ def note_epoch(state: StreamState, meta: dict[str, Any] | None, restarts: list[A
     )  # fmt: skip
 
 
+class InputLog:
+    """Input written on a stream with an ``input_id`` that the service has not counted
+    yet (``input`` in its frames' meta): what a reopen sends again. Sync and trio share it.
+    """
+
+    def __init__(self) -> None:
+        self.acked = 0  # input bytes the service said it took (over all reopens)
+        self.kept_from = 0  # the input count at pending[0]
+        self.pending = bytearray()  # written, not yet counted
+        self.heard = False  # a count came since the last (re)open
+
+    def add(self, data: bytes) -> None:
+        self.pending += data
+        if len(self.pending) > UNACKED_MAX:  # only the newest can be resent
+            cut = len(self.pending) - UNACKED_MAX
+            del self.pending[:cut]
+            self.kept_from += cut
+
+    def ack(self, meta: dict[str, Any] | None) -> None:
+        """Take the service's count from a frame's meta, if it has one."""
+        taken = (meta or {}).get("input")
+        if not isinstance(taken, int) or isinstance(taken, bool):
+            return
+        self.heard = True
+        if taken > self.acked:
+            self.acked = taken
+            del self.pending[: max(0, taken - self.kept_from)]
+            self.kept_from = max(self.kept_from, taken)
+
+    def check(self, why: str, state: StreamState) -> StreamClosed | None:
+        """After a reopen's count: StreamClosed if some of what was lost was not kept."""
+        if self.acked < self.kept_from:
+            return self.lost(why, state, f"{self.kept_from - self.acked} bytes were not kept")
+        return None
+
+    def lost(self, why: str, state: StreamState, detail: str = "") -> StreamClosed:
+        """Close ``state`` for good: input may have been lost and cannot be resent."""
+        n = len(self.pending) + max(0, self.kept_from - self.acked)
+        state.closed_reason = f"lost ({why}): {n} bytes written may not have arrived"
+        detail = detail or "the service did not say how much of it arrived"
+        return StreamClosed(f"stream {state.label} {state.closed_reason} ({detail})")
+
+
 class ByteStream:
     def __init__(
         self,
@@ -81,11 +124,7 @@ class ByteStream:
         self._client: BusClient | None = None
         self._opens = 0  # how many times the stream was opened (a reopen resends input)
         input_id = args.get("input_id") if write else None
-        self._input_id: str | None = input_id if isinstance(input_id, str) else None
-        self._acked = 0  # input bytes the service said it took (over all reopens)
-        self._kept_from = 0  # input count at the first byte of _unacked
-        self._unacked = bytearray()  # input not yet acknowledged, for a resend
-        self._ack_heard = False
+        self._input = InputLog() if isinstance(input_id, str) else None
         #: scrollback epochs crossed by a resume (the service restarted): ``{was, epoch,
         #: at (offset in the old run), lost (bytes of the new run already overwritten)}``
         self.restarts: list[dict[str, Any]] = []
@@ -135,7 +174,8 @@ class ByteStream:
             self._client.close()
         self._client = BusClient(self.address)
         self._client.stream_handler = self._on_message
-        self._ack_heard = False
+        if self._input is not None:
+            self._input.heard = False
         self.state.opened(self._client.request(self.state.open_message()))
         self._opens += 1
         self._last_heard = time.monotonic()
@@ -146,8 +186,8 @@ class ByteStream:
         while True:
             try:
                 self._open()
-                if self._input_id is not None:
-                    self._resend_input(why)
+                if self._input is not None:
+                    self._resend_input(why, self._input)
                 return
             except RETRY_OPEN as exc:
                 if time.monotonic() >= deadline:
@@ -157,45 +197,30 @@ class ByteStream:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    def _resend_input(self, why: str) -> None:
+    def _resend_input(self, why: str, input_log: InputLog) -> None:
         """After a reopen: wait for the service's count of our input, send the rest again."""
         deadline = time.monotonic() + ACK_TIMEOUT
-        while not self._ack_heard and self.state.closed_reason is None:
+        while not input_log.heard and self.state.closed_reason is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             self._pump(left)
-        if self._opens > 1 and not self._ack_heard:
-            if self._unacked:
-                self._lose_input(why, "the service did not say how much of it arrived")
-            return
-        if self._acked < self._kept_from:
-            self._lose_input(why, f"{self._kept_from - self._acked} bytes were not kept")
-        self._send_data(memoryview(bytes(self._unacked)), self._opens)
-
-    def _lose_input(self, why: str, detail: str) -> None:
-        n = len(self._unacked) + max(0, self._kept_from - self._acked)
-        self.state.closed_reason = f"lost ({why}): {n} bytes written may not have arrived"
-        raise StreamClosed(f"stream {self.state.label} {self.state.closed_reason} ({detail})")
+        if not input_log.heard and input_log.pending:
+            raise input_log.lost(why, self.state)
+        failed = input_log.check(why, self.state)
+        if failed is not None:
+            raise failed
+        self._send_data(memoryview(bytes(input_log.pending)), self._opens)
 
     # -- incoming -----------------------------------------------------------------------
     def _on_message(self, msg: protocol.Message) -> None:
         if msg.mtype == protocol.STREAM_DATA and msg.sid == self.state.sid:
-            meta = protocol.StreamData.parse(msg).meta or {}
-            taken = meta.get("input")
-            if self._input_id is not None and isinstance(taken, int):
-                self._ack(taken)
+            meta = protocol.StreamData.parse(msg).meta
+            if self._input is not None:
+                self._input.ack(meta)
             note_epoch(self.state, meta, self.restarts)
         if self.state.on_message(msg):
             self._last_heard = time.monotonic()
-
-    def _ack(self, taken: int) -> None:
-        """The service took ``taken`` bytes of our input in all: forget those."""
-        self._ack_heard = True
-        if taken > self._acked:
-            self._acked = taken
-            del self._unacked[: max(0, taken - self._kept_from)]
-            self._kept_from = max(self._kept_from, taken)
 
     def _send(self, frames: list[Any], copy: bool = True) -> None:
         assert self._client is not None
@@ -272,15 +297,11 @@ class ByteStream:
 
         With an ``input_id``, StreamClosed if the stream had to be reopened and earlier
         input may not have arrived (see the module docstring)."""
-        if self._input_id is None:
+        if self._input is None:
             self._send_data(memoryview(data), None)
             return
         self.state.check_writable()
-        self._unacked += data
-        if len(self._unacked) > UNACKED_MAX:  # only the newest can be resent
-            cut = len(self._unacked) - UNACKED_MAX
-            del self._unacked[:cut]
-            self._kept_from += cut
+        self._input.add(data)
         self._send_data(memoryview(data), self._opens)
 
     def _send_data(self, view: memoryview, opens: int | None) -> None:

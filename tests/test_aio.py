@@ -172,3 +172,32 @@ def test_async_reader_is_told_when_the_serial_service_restarted(harness: LabHarn
             assert restart_event["at"] == len(b"before\n") and restart_event["lost"] == 0
 
     trio.run(main)
+
+
+def test_async_keys_typed_while_the_broker_is_down_arrive_once_it_is_back(
+    harness: LabHarness,
+) -> None:
+    cfg = {"service": "con1", "kind": "serial", "driver": "mock", "labels": {"dut": "b1"}}
+    harness.start_broker()
+    harness.start_service(cfg)
+
+    async def main() -> None:
+        async with (
+            AsyncLab(harness.bus) as lab,
+            lab.lease("dut=b1") as lease,
+            lease.serial.console() as con,  # the mock echoes what it is sent
+        ):
+            await con.sendline("one")
+            await con.expect_exact("one\n", timeout=10)
+            assert harness.broker is not None
+            harness.broker.kill(signal.SIGKILL)
+            await con.sendline("two")  # no broker: kept until the service counts it
+            await con.sendline("three")
+            await trio.to_thread.run_sync(harness.start_broker)
+            await con.expect_exact("three\n", timeout=60)
+            assert con.before == "two\n"  # in order, once
+            await con.sendline("four")
+            await con.expect_exact("four\n", timeout=10)
+            assert con.before == ""
+
+    trio.run(main)
