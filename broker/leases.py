@@ -134,11 +134,17 @@ class LeaseTable:
         if lease is not None:
             self._tell_holder(ident, rid, lease)
             return
-        if wait <= 0:
-            raise self._busy_error(selector, matched)
+        settling = wait <= 0
+        if settling:
+            # A group kept only by resets still unanswered (a lease just ended) is about to be
+            # free: wait for those answers rather than fail a request made right after a release.
+            wait = self._reset_wait(matched)
+            if wait <= 0:
+                raise self._busy_error(selector, matched)
         queued = sum(1 for w in self.queue.waiters if w.ident == ident)
         limits.check(queued, limits.MAX_WAITERS, "queued lease requests")
-        self.queue.add(Waiter(ident, rid, selector, duration, holder, time.time() + wait, grace))
+        self.queue.add(Waiter(ident, rid, selector, duration, holder, time.time() + wait, grace,
+                              settling=settling))  # fmt: skip
         self._changed.set()
 
     def _groups(self, matched: list[Device]) -> dict[str, list[Device]]:
@@ -155,6 +161,21 @@ class LeaseTable:
             if all(self._allocatable(d) for d in devs):
                 return self._grant(selector, duration, holder, devs, grace)
         return None
+
+    def _reset_wait(self, matched: list[Device]) -> float:
+        """Seconds until some group of ``matched`` is free once its pending resets are
+        answered (0: no group is kept only by resets)."""
+        waits = []
+        for devs in self._groups(matched).values():
+            resetting = [d for d in devs if self.resets.resetting(d.name)]
+            others = [d for d in devs if d not in resetting]
+            if (
+                resetting
+                and all(self._allocatable(d) for d in others)
+                and all(d.lease is None and d.online and d.health == "good" for d in resetting)
+            ):
+                waits.append(max(self.resets.seconds_left(d.name) for d in resetting))
+        return min(waits, default=0.0)
 
     def _allocatable(self, dev: Device) -> bool:
         return (
@@ -269,9 +290,12 @@ class LeaseTable:
         if self.store.full:
             return None  # waiters keep waiting until a grant can be recorded
         matched = self.registry.query(parse(w.selector))
-        return (
-            self._try_grant(w.selector, w.duration, w.holder, matched, w.grace) if matched else None
-        )
+        if not matched:
+            return None
+        lease = self._try_grant(w.selector, w.duration, w.holder, matched, w.grace)
+        if lease is None and w.settling and self._reset_wait(matched) <= 0:
+            raise self._busy_error(w.selector, matched)  # the reset settled, and not our way
+        return lease
 
     # -- keepalive, extend, release -----------------------------------------------------
     def get(self, lease_id: Any) -> Lease:

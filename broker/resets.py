@@ -52,6 +52,11 @@ class Resets:
         """Whether ``name`` has a reset that has not been answered yet."""
         return any(e.device == name for e in self.pending.values())
 
+    def seconds_left(self, name: str) -> float:
+        """How long the broker may still wait for ``name``'s reset answer (0 if none pends)."""
+        now = time.monotonic()
+        return max((e.deadline - now for e in self.pending.values() if e.device == name), default=0)
+
     def send(self, dev: Device) -> None:
         self._n += 1
         rid = f"reset-{self._n}"

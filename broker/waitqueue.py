@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from labctl import protocol
-from labctl.errors import WaitTimeout
+from labctl.errors import LabError, WaitTimeout
 
 if TYPE_CHECKING:
     from .leases import Lease
@@ -32,6 +32,9 @@ class Waiter:
     deadline: float
     grace: float
     queued_at: float = field(default_factory=time.time)
+    #: asked not to wait: queued only while a matching group's reset settles (then it is
+    #: granted, or told the group is busy, at once)
+    settling: bool = False
 
 
 class WaitQueue:
@@ -65,7 +68,11 @@ class WaitQueue:
             if w.deadline <= now:
                 self._expire(w)
                 continue
-            lease = try_grant(w)
+            try:
+                lease = try_grant(w)
+            except LabError as err:  # no longer worth waiting for (see Waiter.settling)
+                self.outbox.send(w.ident, protocol.Error.of(err, w.rid).to_frames())
+                continue
             if lease is None:
                 still.append(w)
             else:

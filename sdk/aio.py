@@ -149,7 +149,7 @@ class AsyncLab:
         self._welcome: dict[str, Any] | None = None
 
     async def __aenter__(self) -> AsyncLab:
-        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         raw.setsockopt(zmq.LINGER, 0)
         raw.setsockopt(zmq.METADATA, identity_metadata())  # who we are, per connection
         raw.connect(self.address)

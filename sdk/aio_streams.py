@@ -30,7 +30,7 @@ __all__ = ["EOF", "TIMEOUT", "AsyncByteStream", "AsyncConsole", "AsyncEventStrea
 
 
 def _dealer(address: str) -> TrioSocket:
-    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(address)
     return TrioSocket(raw)
@@ -391,7 +391,7 @@ class AsyncEventStream:
 
     async def __aenter__(self) -> AsyncEventStream:
         hello = await self.lab.hello()
-        raw = zmq.Context.instance().socket(zmq.SUB)
+        raw: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         raw.setsockopt(zmq.LINGER, 0)
         raw.setsockopt(zmq.SUBSCRIBE, self.filter.prefix)
         raw.connect(events_address(self.lab.address, hello["events"]))

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -496,17 +497,41 @@ def test_a_locked_database_delays_a_grant_but_never_the_brokers_loop(lab2: LabHa
 
 def test_a_device_is_not_allocated_while_its_reset_is_unanswered(harness: LabHarness) -> None:
     harness.start_broker()
-    started, gate = harness.root / "reset-started", harness.root / "gate"
-    # The outlet's off command (the reset) waits for the test to open the gate.
-    off = f"touch {started}; while [ ! -e {gate} ]; do sleep 0.02; done"
+    started, gate, fail = (harness.root / n for n in ("reset-started", "gate", "fail"))
+    # The outlet's off command (the reset) waits for the test to open the gate, then fails if
+    # told to.
+    off = f"touch {started}; while [ ! -e {gate} ]; do sleep 0.02; done; [ ! -e {fail} ]"
     harness.start_service({"service": "relay", "kind": "power", "driver": "shell",
                            "devices": [{"name": "r1", "labels": {"dut": "d1"}}],
                            "config": {"on": "true", "off": off, "timeout": 30}})  # fmt: skip
-    lab = harness.lab()
-    lab.lease("dut=d1").release()
-    wait_until(started.exists, 10, "the reset to start")
-    with pytest.raises(DeviceBusy, match="r1 being reset"):
-        lab.lease("dut=d1")
-    gate.touch()
-    with lab.lease("dut=d1", wait="10s") as lease:  # granted once the reset is answered
-        assert lease.devices == ["r1"]
+    lab, other = harness.lab(), harness.lab()  # the waiting request on its own connection
+
+    def acquire_right_after_a_release(held: Any) -> Any:
+        started.unlink(missing_ok=True)
+        held.release()
+        wait_until(started.exists, 10, "the reset to start")
+        result: list[Any] = []
+
+        def acquire() -> None:  # no wait: a request made right after a release
+            try:
+                result.append(other.lease("dut=d1"))
+            except Exception as exc:
+                result.append(exc)
+
+        thread = threading.Thread(target=acquire)
+        thread.start()
+        # It is queued until the reset is answered, never granted before it.
+        wait_until(lambda: len(lab.leases()["queue"]) == 1, 10, "the request to wait")
+        assert lab.leases()["leases"] == [] and not result
+        return thread, result
+
+    thread, result = acquire_right_after_a_release(lab.lease("dut=d1"))
+    gate.touch()  # the reset succeeds: the request is granted
+    thread.join(10)
+    assert [lease.devices for lease in result] == [["r1"]]
+    gate.unlink()
+    fail.touch()
+    thread, result = acquire_right_after_a_release(result[0])
+    gate.touch()  # the reset fails: the request is told so at once
+    thread.join(10)
+    assert isinstance(result[0], DeviceBusy) and "r1 in bad" in str(result[0])
