@@ -38,7 +38,7 @@ IGNORED = {
     "health": "who",
 }
 #: calls whose reply waits until what they changed is committed
-DURABLE = frozenset({"lease.release", "lease.extend", "health"})
+DURABLE = frozenset({"lease.release", "lease.extend", "health", "device.remove"})
 
 
 class BrokerCalls:
@@ -63,6 +63,7 @@ class BrokerCalls:
             "hello": self.hello,
             "devices": self.devices,
             "device": self.device,
+            "device.remove": self.device_remove,
             "events": self.events,
             "sync": self.sync,
             "health": self.health,
@@ -139,6 +140,27 @@ class BrokerCalls:
         out["interface"] = dev.interface
         out["on_release"] = dev.on_release
         return out
+
+    def device_remove(self, ident: bytes, rid: Any, name: str) -> dict[str, Any]:
+        """Forget a device whose service is gone (stopped, renamed) and that no lease holds;
+        journaled with the caller's identity. Its health, kept by name, stays."""
+        dev = self.registry.removable(fields.text(name, "name", 200))
+        self.leases.writable()
+        self.remove(dev.name, self.peers.identity(ident), "by request")
+        return {"name": dev.name, "removed": True}
+
+    def forget_offline(self, after: float | None) -> None:
+        """Forget devices whose service has been gone longer than ``after`` seconds
+        (``--forget-offline-after``; None: never). Waits while the state disk is full."""
+        if after is None or self.store.full:
+            return
+        for dev in self.registry.offline_longer_than(after):
+            self.remove(dev.name, "broker", f"offline longer than {after:g}s")
+
+    def remove(self, name: str, who: str, why: str) -> None:
+        del self.registry.devices[name]
+        self.store.submit(self.store.store.audit, who, "device.removed", name, why, durable=True)
+        self.outbox.publish(f"device.{name}.removed", {"who": who, "why": why})
 
     def events(
         self, ident: bytes, rid: Any, since: float = 3600.0, topic: str = "*", limit: int = 1000

@@ -59,7 +59,7 @@ class LeaseTable:
         self.revoke_streams = revoke_streams
         self.leases: dict[str, Lease] = {}
         self.queue = WaitQueue(outbox)
-        self.access = LeaseAccess(self.leases, group_label)
+        self.access = LeaseAccess(self.leases, group_label, journal=self.forced)
         self.resets = Resets(outbox, self.reset_failed, self.poke)
         #: devices whose lease ended while they were offline: reset them when they return
         self.owed_reset: set[str] = set()
@@ -366,6 +366,16 @@ class LeaseTable:
         self.outbox.publish(f"device.{name}.health", {"health": health, "reason": reason})
         self.poke()
         return {"name": name, "health": health, "reason": reason}
+
+    def forced(self, dev: Device, who: str, action: str, reason: str) -> None:
+        """Journal a forced use of a device in maintenance: the audit row (who, what, why)
+        and a ``device.<name>.forced`` event."""
+        audit = (who, "device.forced", dev.name, f"{action}: {reason}")
+        self.store.submit(self.db.audit, *audit, durable=True)
+        self.outbox.publish(f"device.{dev.name}.forced", {"who": who, "action": action,
+                                                          "reason": reason})  # fmt: skip
+        log.warning("device in maintenance used by force", device=dev.name, who=who,
+                    action=action, reason=reason)  # fmt: skip
 
     def reset_failed(self, name: str, reason: str) -> None:
         """A device's reset failed: out of allocation until an admin sets it good again."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from labctl.errors import (
     BadRequest,
+    DeviceBusy,
     DeviceNotFound,
     DuplicateName,
     LabError,
@@ -60,6 +61,7 @@ class Device:
     lease: str | None = None
     status: Any = None
     status_ts: float = 0.0
+    lost_at: float = 0.0  # monotonic time its service went away (forget_offline_after)
 
     @property
     def online(self) -> bool:
@@ -207,7 +209,7 @@ class Registry:
         for name in svc.devices:
             dev = self.devices.get(name)
             if dev is not None and dev.ident == svc.ident and name not in keep:
-                dev.service_alive = False
+                dev.service_alive, dev.lost_at = False, time.monotonic()
                 dropped.append(dev)
         return dropped
 
@@ -233,9 +235,37 @@ class Registry:
         for name in svc.devices:
             dev = self.devices.get(name)
             if dev is not None and dev.ident == ident and dev.service_alive:
-                dev.service_alive = False
+                dev.service_alive, dev.lost_at = False, time.monotonic()
                 lost.append(dev)
         return lost
+
+    def removable(self, name: str) -> Device:
+        """The device ``name`` if it may be forgotten: its service is gone and no lease holds
+        it. DeviceNotFound, or DeviceBusy saying why not (``details: {device, reason}``)."""
+        dev = self.devices.get(name)
+        if dev is None:
+            raise DeviceNotFound(f"no device named {name!r}", {"device": name})
+        if dev.service_alive:
+            raise DeviceBusy(
+                f"{name!r} is registered by service {dev.service!r}, which is connected: stop "
+                "it or drop the device from its config first",
+                {"device": name, "reason": "online"},
+            )
+        if dev.lease is not None:
+            raise DeviceBusy(
+                f"{name!r} is leased: release the lease (or force it) before removing it",
+                {"device": name, "reason": "leased"},
+            )
+        return dev
+
+    def offline_longer_than(self, seconds: float) -> list[Device]:
+        """Devices whose service has been gone more than ``seconds`` and that no lease holds."""
+        before = time.monotonic() - seconds
+        return [
+            d
+            for d in self.devices.values()
+            if not d.service_alive and d.lease is None and d.lost_at < before
+        ]
 
     def query(self, selector: Selector) -> list[Device]:
         match = selector.matches

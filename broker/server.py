@@ -75,7 +75,9 @@ class Broker:
             settings.lease_grace,
             revoke_streams=lambda lease_id: self.streams.lease_ended(lease_id),
         )
-        self.streams = StreamRouter(self.registry, self.leases.access, self.outbox, self.metrics)
+        self.streams = StreamRouter(
+            self.registry, self.leases.access, self.outbox, self.metrics, self.peers.identity
+        )
         self.calls = BrokerCalls(
             self.registry,
             self.leases,
@@ -251,6 +253,7 @@ class Broker:
             self.bus.look()  # a safety net: a message no edge announced waits one tick at most
             wall = time.time()
             self.leases.tick()
+            self.calls.forget_offline(s.forget_offline_after)
             self.leases.queue.remind()
             self.events_hub.flush()
             self.store.recover()  # a full disk: has space come back?
@@ -287,7 +290,8 @@ class Broker:
         if not dev.service_alive:  # an unreachable port or plug still answers status and logs
             raise DeviceOffline(f"device {dev.name!r} is offline ({dev.offline_reason()})")
         if spec.get("mutating"):
-            self.leases.access.check(dev, req.lease, f"{method}()")
+            who = self.peers.identity(ident)
+            self.leases.access.check(dev, req.lease, f"{method}()", req.force, who)
         limits.check(self.pending_by.get(ident, 0), limits.MAX_PENDING, "pending requests")
         timeout = req.timeout
         if not isinstance(timeout, (int, float)) or timeout <= 0:
@@ -296,6 +300,7 @@ class Broker:
         self._next_rid += 1
         rid = self._next_rid
         client_id, req.id, req.timeout = req.id, rid, timeout
+        req.force = None  # the broker's business (journaled above), not the service's
         if self.send(dev.ident, req.to_frames()):
             self.pending[rid] = Pending(ident, client_id, dev.ident, deadline)
             self.pending_by[ident] = self.pending_by.get(ident, 0) + 1

@@ -21,6 +21,8 @@ class BrokerSettings:
     max_payload: int = protocol.MAX_PAYLOAD
     events_public: str | None = None  # the events address peers should use, if not `events`
     dashboard: str | None = None  # HOST:PORT to serve the dashboard on (docs/dashboard.md)
+    #: forget devices whose service has been gone this many seconds (None: keep them)
+    forget_offline_after: float | None = None
 
 
 @dataclass(slots=True)

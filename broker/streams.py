@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -61,9 +62,15 @@ def _capped(credit: int, grant: int) -> int:
 
 class StreamRouter:
     def __init__(
-        self, registry: Registry, access: LeaseAccess, outbox: Outbox, metrics: BrokerMetrics
+        self,
+        registry: Registry,
+        access: LeaseAccess,
+        outbox: Outbox,
+        metrics: BrokerMetrics,
+        identity: Callable[[bytes], str] = lambda ident: "anonymous",
     ) -> None:
         self.registry = registry
+        self.identity = identity  # who a client is (the audit row of a forced write)
         self.access = access
         self.outbox = outbox
         self.metrics = metrics
@@ -158,7 +165,8 @@ class StreamRouter:
         if req.write:
             if not spec.get("writable"):
                 raise StreamRefused(f"stream {name!r} of {dev.name!r} is read-only")
-            self.access.check(dev, req.lease, f"writing to {name}")
+            who = self.identity(ident)
+            self.access.check(dev, req.lease, f"writing to {name}", req.force, who)
         credit = _capped(0, req.credit)  # StreamOpen.parse checked it is an int >= 0
         limits.check(self.by_client.get(ident, 0), limits.MAX_STREAMS, "streams")
         self._next_sid += 1

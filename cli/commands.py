@@ -95,6 +95,17 @@ def device_maintenance(name: str, state: str, reason: str, broker: str | None) -
     click.echo(f"{name}: {health}")
 
 
+@device.command("remove")
+@click.argument("name")
+@broker_option
+def device_remove(name: str, broker: str | None) -> None:
+    """Forget a device whose service is gone (stopped or renamed); refused while its service
+    is connected or a lease holds it. Journaled in the audit with who removed it."""
+    with lab_from(broker) as lab:
+        lab.remove_device(name)
+    click.echo(f"{name}: removed")
+
+
 def parse_value(text: str) -> Any:
     """CLI arguments: JSON where it parses (numbers, true, lists), else the plain string."""
     try:
@@ -116,15 +127,22 @@ def split_args(raw: tuple[str, ...]) -> tuple[list[Any], dict[str, Any]]:
 
 
 def one_shot(
-    lab: Any, name: str, lease_id: str | None, method: str, args: list[Any], kwargs: dict[str, Any]
+    lab: Any,
+    name: str,
+    lease_id: str | None,
+    method: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    force: str | None = None,
 ) -> Any:
     """``Lab.one_shot``: a mutating call without a lease leases just that device (not its
     DUT group) for the call. When that lease cannot be had, the error names the device and
-    why, not the ``name=...`` selector the user never wrote."""
+    why, not the ``name=...`` selector the user never wrote. ``force``: the reason to
+    operate a device in maintenance (journaled)."""
     from labctl.errors import DeviceBusy, DeviceOffline
 
     try:
-        return lab.one_shot(name, method, *args, lease=lease_id, **kwargs)
+        return lab.one_shot(name, method, *args, lease=lease_id, force=force, **kwargs)
     except (DeviceBusy, DeviceOffline) as err:
         if err.details.get("selector") != f"name={name}":
             raise
@@ -160,12 +178,33 @@ lease_option = click.option(
 )
 
 
+def force_options(fn: Any) -> Any:
+    """``--force --reason TEXT``: operate a device in maintenance (journaled; admin-only
+    once roles exist)."""
+    fn = click.option("--reason", default="", help="Why --force (kept in the audit journal).")(fn)
+    return click.option(
+        "--force",
+        is_flag=True,
+        help="Operate a device in maintenance without a lease (needs --reason; journaled).",
+    )(fn)
+
+
+def forced(force: bool, reason: str) -> str | None:
+    """The ``force`` reason to send, or None; --force without --reason is a usage error."""
+    if not force:
+        return None
+    if not reason:
+        raise click.UsageError("--force needs --reason TEXT (kept in the audit journal)")
+    return reason
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("device_name")
 @click.argument("method")
 @click.argument("args", nargs=-1)
 @lease_option
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for the reply.")
+@force_options
 @broker_option
 def call(
     device_name: str,
@@ -173,14 +212,17 @@ def call(
     args: tuple[str, ...],
     lease_id: str | None,
     timeout: float | None,
+    force: bool,
+    reason: str,
     broker: str | None,
 ) -> None:
     """Call any METHOD of DEVICE; ARGs are values or key=value (JSON where it parses)."""
     pos, kw = split_args(args)
+    why = forced(force, reason)
     with lab_from(broker) as lab:
         if timeout is not None:
             lab.timeout = timeout
-        show_result(one_shot(lab, device_name, lease_id, method, pos, kw))
+        show_result(one_shot(lab, device_name, lease_id, method, pos, kw, why))
 
 
 @main.command()
@@ -188,16 +230,24 @@ def call(
 @click.argument("device_name")
 @click.option("--wait", type=float, default=None, help="For cycle: seconds off.")
 @lease_option
+@force_options
 @broker_option
 def power(
-    action: str, device_name: str, wait: float | None, lease_id: str | None, broker: str | None
+    action: str,
+    device_name: str,
+    wait: float | None,
+    lease_id: str | None,
+    force: bool,
+    reason: str,
+    broker: str | None,
 ) -> None:
     """Switch or read a power device: on, off, cycle, state (prints on/off), read."""
     kwargs = {"wait": wait} if action == "cycle" and wait is not None else {}
+    why = forced(force, reason)
     with lab_from(broker) as lab:
         if action == "cycle":
             lab.timeout += wait or 2.0
-        show_result(one_shot(lab, device_name, lease_id, action, [], kwargs))
+        show_result(one_shot(lab, device_name, lease_id, action, [], kwargs, why))
 
 
 @main.command()

@@ -123,6 +123,12 @@ def broker() -> None:
     metavar="HOST:PORT",
     help="Serve the read-only dashboard there (e.g. 127.0.0.1:8780; docs/dashboard.md).",
 )
+@click.option(
+    "--forget-offline-after",
+    default=None,
+    metavar="DURATION",
+    help="Forget devices whose service has been gone this long (e.g. 7d) [default: never].",
+)
 def broker_run(
     bus: str,
     events: str,
@@ -132,6 +138,7 @@ def broker_run(
     lease_grace: str,
     group_label: str,
     dashboard: str | None,
+    forget_offline_after: str | None,
 ) -> None:
     """Run the broker in the foreground."""
     from pathlib import Path
@@ -151,6 +158,9 @@ def broker_run(
         lease_grace=parse_duration(lease_grace),
         group_label=group_label,
         dashboard=dashboard,
+        forget_offline_after=(
+            parse_duration(forget_offline_after) if forget_offline_after else None
+        ),
     )
     run_until_signal(run_broker, settings)
 

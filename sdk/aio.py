@@ -388,6 +388,10 @@ class AsyncLab:
             "health", name=device, health=health, reason=reason, who=holder_identity()
         )
 
+    async def remove_device(self, device: str) -> dict[str, Any]:
+        """Forget an offline, unleased device; DeviceBusy while online or leased."""
+        return await self.call("device.remove", name=device)  # type: ignore[no-any-return]
+
     async def history(
         self, since: float = 3600, topic: str = "*", limit: int = 10000
     ) -> list[dict[str, Any]]:

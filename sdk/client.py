@@ -177,5 +177,7 @@ class BusClient:
         kwargs: dict[str, Any] | None = None,
         lease: str | None = None,
         timeout: float | None = None,
+        force: str | None = None,
     ) -> Any:
-        return self.request(protocol.Request.call(device, method, args, kwargs, lease), timeout)
+        request = protocol.Request.call(device, method, args, kwargs, lease, force)
+        return self.request(request, timeout)

@@ -121,6 +121,13 @@ class DeviceBusy(LabError):
     exit_code = 7
 
 
+class InMaintenance(DeviceBusy):
+    """A mutating call or write stream on a device in maintenance without ``force`` and a
+    reason (PROTOCOL.md §8); ``details: {device, reason}``."""
+
+    code = "maintenance"
+
+
 class LeaseNotFound(LabError):
     """The lease id is unknown, or the lease has ended."""
 

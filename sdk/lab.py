@@ -27,11 +27,20 @@ if TYPE_CHECKING:
 class Device:
     """A proxy for one device; its methods come from the interface it registered."""
 
-    def __init__(self, lab: Lab, name: str, info: dict[str, Any], lease: str | None = None) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        name: str,
+        info: dict[str, Any],
+        lease: str | None = None,
+        force: str | None = None,
+    ) -> None:
         self._lab = lab
         self.name = name
         self.info = info
         self.lease_id = lease
+        #: the reason mutating calls on a device in maintenance are forced (journaled)
+        self.force = force
 
     @property
     def kind(self) -> str:
@@ -45,7 +54,10 @@ class Device:
 
     def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call ``method`` on the device; raises the driver's typed error, Timeout after ``timeout`` s."""
-        return self._lab.client.call_device(self.name, method, args, kwargs, self.lease_id, timeout)
+        client = self._lab.client
+        return client.call_device(
+            self.name, method, args, kwargs, self.lease_id, timeout, self.force
+        )
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         if method.startswith("_"):
@@ -267,11 +279,17 @@ class Lab:
         ``DeviceInfo`` objects that are also the broker's dicts."""
         return [DeviceInfo(d) for d in self.client.call("devices", selector=selector)]
 
-    def device(self, name: str, lease: Lease | str | None = None) -> Device:
-        """A proxy for device ``name``; with ``lease``, mutating calls are made under it."""
+    def device(
+        self, name: str, lease: Lease | str | None = None, force: str | None = None
+    ) -> Device:
+        """A proxy for device ``name``; with ``lease``, mutating calls are made under it.
+
+        ``force`` (a reason) operates a device in maintenance without a lease; the broker
+        journals who forced it and why (admin-only once roles exist, PROTOCOL.md §8).
+        """
         info = self.client.call("device", name=name)
         lease_id = lease.id if isinstance(lease, Lease) else lease
-        return device_class(info.get("kind"))(self, name, info, lease=lease_id)
+        return device_class(info.get("kind"))(self, name, info, lease=lease_id, force=force)
 
     def lease(
         self,
@@ -326,15 +344,20 @@ class Lab:
         *args: Any,
         lease: str | None = None,
         timeout: float | None = None,
+        force: str | None = None,
         **kwargs: Any,
     ) -> Any:
         """Call ``device.method``; if it is mutating and no ``lease`` is given, lease just
         that device for the call and release it *without* the on-release reset, so
         ``one_shot("pdu1.1", "on")`` leaves the outlet on (what ``labctl power on`` does).
+        ``force`` (a reason): call a device in maintenance, no lease taken (journaled).
 
         Raises LeaseRequired only with a ``lease`` that does not cover the device;
-        DeviceBusy when someone else holds it.
+        DeviceBusy when someone else holds it; InMaintenance in maintenance without force.
         """
+        if force is not None:
+            dev = self.device(device, lease=lease, force=force)
+            return dev.call(method, *args, timeout=timeout, **kwargs)
         try:
             return self.device(device, lease=lease).call(method, *args, timeout=timeout, **kwargs)
         except LeaseRequired:
@@ -398,6 +421,11 @@ class Lab:
         return self.client.call(  # type: ignore[no-any-return]
             "health", name=device, health=health, reason=reason, who=holder_identity()
         )
+
+    def remove_device(self, device: str) -> dict[str, Any]:
+        """Forget an offline, unleased device (its service stopped or was renamed); the
+        broker journals it. DeviceBusy while it is online or leased, DeviceNotFound."""
+        return self.client.call("device.remove", name=device)  # type: ignore[no-any-return]
 
     def history(self, since: float = 3600, topic: str = "*", limit: int = 10000) -> list[Any]:
         """Journaled events of the last ``since`` seconds matching the topic glob, oldest

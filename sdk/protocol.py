@@ -296,6 +296,7 @@ class Request:
     lease: Any = None
     timeout: Any = None
     body: Any = None
+    force: Any = None  # the reason for using a device in maintenance (§8), or nil
 
     @classmethod
     def call(
@@ -305,12 +306,15 @@ class Request:
         args: tuple[Any, ...] | list[Any] = (),
         kwargs: dict[str, Any] | None = None,
         lease: str | None = None,
+        force: str | None = None,
     ) -> Request:
-        return cls(None, device, method, lease, None, pack([list(args), kwargs or {}]))
+        return cls(None, device, method, lease, None, pack([list(args), kwargs or {}]), force)
 
     def to_frames(self) -> list[Any]:
         header = {"id": self.id, "device": self.device, "method": self.method,
                   "lease": self.lease, "timeout": self.timeout}  # fmt: skip
+        if self.force is not None:
+            header["force"] = self.force
         if self.body is None:
             return [TAG, REQUEST, pack(header)]
         return [TAG, REQUEST, pack(header), self.body]
@@ -326,7 +330,8 @@ class Request:
         h = msg.header
         return cls(h.get("id"), h.get("device"), h.get("method"),
                    fields.optional_text(h.get("lease"), "lease", 200), _timeout(h.get("timeout")),
-                   msg.payload[0] if msg.payload else None)  # fmt: skip
+                   msg.payload[0] if msg.payload else None,
+                   fields.optional_text(h.get("force"), "force"))  # fmt: skip
 
 
 def _timeout(value: Any) -> float | None:
@@ -442,11 +447,14 @@ class StreamOpen:
     args: Any = None
     credit: Any = 0
     timeout: Any = None
+    force: Any = None  # the reason for writing to a device in maintenance (§8), or nil
 
     def to_frames(self) -> list[Any]:
         header = {"id": self.id, "device": self.device, "stream": self.stream,
                   "write": self.write, "lease": self.lease, "args": self.args or {},
                   "credit": self.credit, "timeout": self.timeout}  # fmt: skip
+        if self.force is not None:
+            header["force"] = self.force
         return [TAG, STREAM_OPEN, pack(header)]
 
     @property
@@ -464,7 +472,8 @@ class StreamOpen:
                    fields.optional_text(h.get("lease"), "lease", 200),
                    fields.mapping(h.get("args"), "args"),
                    fields.integer(h.get("credit", 0), "credit"),
-                   _timeout(h.get("timeout")))  # fmt: skip
+                   _timeout(h.get("timeout")),
+                   fields.optional_text(h.get("force"), "force"))  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -70,13 +70,16 @@ class BrokerSection(BaseModel):
     lease_grace: str | float = "60s"
     group_label: str = "dut"
     dashboard: str | None = None
+    forget_offline_after: str | float | None = None
 
-    @field_validator("lease_grace")
+    @field_validator("lease_grace", "forget_offline_after")
     @classmethod
-    def _duration(cls, v: str | float) -> str | float:
+    def _duration(cls, v: str | float | None) -> str | float | None:
         from labctl.durations import parse_duration
         from labctl.errors import LabError
 
+        if v is None:
+            return v
         try:
             parse_duration(v)
         except LabError as exc:

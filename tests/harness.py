@@ -117,10 +117,10 @@ class LabHarness:
         self.broker: Proc | None = None
         self._labs: list[Lab] = []
 
-    def start_broker(self, wait: bool = True) -> Proc:
+    def start_broker(self, wait: bool = True, extra: tuple[str, ...] = ()) -> Proc:
         argv = [*LABCTL, "broker", "run", "--bus", self.bus, "--events", self.events,
                 "--state", str(self.root / "state"), "--heartbeat", str(self.heartbeat),
-                "--lease-grace", self.grace]  # fmt: skip
+                "--lease-grace", self.grace, *extra]  # fmt: skip
         self.broker = Proc(argv, self.root / "broker.log", self.env).start()
         self.procs.append(self.broker)
         if wait:

@@ -132,9 +132,9 @@ def test_one_shot_errors_name_the_device_not_an_internal_selector(lab1: LabHarne
     )
     r = lab1.run_cli("power", "on", "pdu1.1")
     assert r.returncode == 7, r.stderr
-    assert r.stderr == (
-        "error: cannot lease 'pdu1.1' for this on (a one-shot command leases just the device "
-        "it acts on): pdu1.1 in maintenance\n"
+    assert r.stderr == (  # a device in maintenance is refused before any lease is tried
+        "error: on() on 'pdu1.1': the device is in maintenance (flaky); an admin debugging it "
+        "may force it with --force --reason TEXT\n"
     )
 
 

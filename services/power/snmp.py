@@ -178,7 +178,7 @@ class _Engines:
                     (cfg.host, cfg.port), timeout=cfg.timeout, retries=cfg.retries
                 )
             except Exception:  # pysnmp wraps the resolver's error in a long PySnmpError
-                return _Answer(indication="BadAddress", indication_text="cannot resolve host")
+                return _Answer(indication="BadAddress")
             self.targets[tkey] = target
         if cfg.version == "3":
             auth: Any = hlapi.UsmUserData(
@@ -246,7 +246,7 @@ class SnmpPower(PowerDriver):
         if self.config.poll_interval > 0:
             nursery.start_soon(self._poll)  # the first poll publishes the state
         else:
-            await super().start(nursery)
+            nursery.start_soon(self._check_until_reachable)
 
     async def set_power(self, on: bool) -> None:
         value = self._tpl.on_value if on else self._tpl.off_value
@@ -266,14 +266,32 @@ class SnmpPower(PowerDriver):
     async def _poll(self) -> None:
         """Read the state every ``poll_interval``; errors mark the device offline, never end the loop."""
         while True:
-            try:
-                on = await self.get_power()
-            except Exception as exc:  # a poller must outlive every failure
-                self._set_online(False, str(exc))
-            else:
-                self._set_online(True, "")
-                self.observed(on)
+            await self._check()
             await trio.sleep(self.config.poll_interval)
+
+    async def _check_until_reachable(self) -> None:
+        """Without polling: check once at start, and again while unreachable (1 s, doubling to 30 s).
+
+        So a host that does not resolve or an agent that does not answer is listed offline
+        with the reason before anyone calls, and online again once it answers.
+        """
+        delay = 1.0
+        while not await self._check():
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _check(self) -> bool:
+        """Read the state (resolving the host first); mark the device online or offline by it."""
+        switches = self._switches
+        try:
+            on = await self.get_power()
+        except Exception as exc:  # a check must outlive every failure
+            self._set_online(False, str(exc))
+            return False
+        self._set_online(True, "")
+        if switches == self._switches:  # a switch meanwhile makes this reading stale
+            self.observed(on)
+        return True
 
     def _set_online(self, online: bool, reason: str) -> None:
         if online != self._online:
@@ -299,6 +317,7 @@ class SnmpPower(PowerDriver):
             raise self._status_error(answer.status, oid, value)
         if answer.missing:
             raise DriverError(f"{self._where} has no object {oid} (wrong model, outlet or pdu_id?)")
+        self._set_online(True, "")  # a good answer proves the agent reachable again
         return answer.value
 
     async def _indication_error(self, answer: _Answer) -> DriverError:
@@ -318,6 +337,8 @@ class SnmpPower(PowerDriver):
             return DriverError(
                 f"{self._where} did not answer (timeout {cfg.timeout}s x {tries} tries; {why})"
             )
+        if kind == "BadAddress":
+            return DriverError(f"{self.name}: host {cfg.host} does not resolve")
         if kind in ("WrongDigest", "AuthenticationFailure", "AuthenticationError"):
             return DriverError(
                 f"{self._where}: authentication failure for {who} (wrong auth_key or auth_protocol)"

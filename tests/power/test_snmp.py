@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pydantic
@@ -12,6 +13,7 @@ from labctl.errors import DriverError
 from labctl.services.power.snmp import SnmpPower
 
 from ..drivers.harness import running, trio_test
+from ..harness import LabHarness, wait_until
 from .conftest import AUTH_KEY, PRIV_KEY, V3_USERS, SnmpAgent
 
 
@@ -168,6 +170,47 @@ async def test_agent_down_then_back_is_reported_and_recovered(own_snmpd: SnmpAge
         await rec.wait_for(lambda: rec.is_online is True)
         assert await drv.off() == "off"
         assert not agent.outlet("apc", 2)
+
+
+def test_unresolvable_host_is_listed_offline_before_any_call(harness: LabHarness) -> None:
+    harness.start_broker()
+    service = {
+        "service": "pduX", "kind": "power", "driver": "snmp", "labels": {"pdu": "X"},
+        "config": {"host": "nosuch.invalid", "model": "apc", "timeout": 0.3, "retries": 0},
+        "devices": [{"name": "pduX.1", "config": {"outlet": 1}},
+                    {"name": "pduX.2", "config": {"outlet": 2, "poll_interval": 0.05}}],
+    }  # fmt: skip
+    svc = harness.start_service(service)
+    lab = harness.lab()
+    wait_until(
+        lambda: (devs := lab.devices("pdu=X")) and all(d["online"] is False for d in devs),
+        10,
+        "the first check to mark both outlets offline",
+    )
+    res = harness.run_cli("devices", "-o", "json")
+    assert res.returncode == 0, res.stderr
+    devs = {d["name"]: d for d in json.loads(res.stdout)}
+    assert sorted(devs) == ["pduX.1", "pduX.2"]
+    for name in ("pduX.1", "pduX.2"):
+        assert devs[name]["online"] is False
+        assert devs[name]["offline_reason"] == f"{name}: host nosuch.invalid does not resolve"
+        assert devs[name]["status"] is None  # no state was ever read
+    assert svc.alive()
+
+
+@trio_test
+async def test_unpolled_outlet_is_checked_at_start_and_online_once_the_agent_answers(
+    own_snmpd: SnmpAgent,
+) -> None:
+    agent = own_snmpd
+    agent.stop()
+    async with running(SnmpPower, cfg(agent, outlet=7, timeout=0.3)) as (drv, rec):
+        await rec.wait_for(lambda: rec.is_online is False)
+        assert "refused the request (nothing listens there)" in rec.online[-1][1]
+        agent.start(port=agent.port)
+        await rec.wait_for(lambda: rec.is_online is True)
+        assert rec.online[-1] == (True, "") and len(rec.states) == 1
+        assert await drv.state() == rec.states[0]
 
 
 @trio_test
