@@ -180,7 +180,7 @@ def test_unresolvable_host_is_listed_offline_before_any_call(harness: LabHarness
         "devices": [{"name": "pduX.1", "config": {"outlet": 1}},
                     {"name": "pduX.2", "config": {"outlet": 2, "poll_interval": 0.05}}],
     }  # fmt: skip
-    svc = harness.start_service(service)
+    svc = harness.start_service(service, wait=False)  # its devices never come online
     lab = harness.lab()
     wait_until(
         lambda: (devs := lab.devices("pdu=X")) and all(d["online"] is False for d in devs),

@@ -44,6 +44,9 @@ def test_the_qemu_example_lab_flashes_and_boots_its_x86_board(workdir, images) -
         assert {d["labels"]["arch"] for d in lab.devices("kind=power")} == {"x86_64", "aarch64"}
         with lab.lease("dut=qemu-x86-01") as lease:
             lease.storage.flash(f"{images('x86_64', '2026.12-a')}.zst")
+            # Seen once under load: the console device briefly offline right after the flash
+            # (its socket:// reconnect); opening it then is refused. Wait for it to be back.
+            wait_until(lambda: "qemu-x86-01-console" in online(), 30, "the console")
             with lease.serial.console() as con:
                 lease.power.on()
                 login(con, BOOT_TIMEOUT)
