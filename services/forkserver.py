@@ -78,7 +78,8 @@ def child(name: str, config: str, close_fds: list[int], log: str | None = None) 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     die_with_parent()
-    gc.unfreeze()
+    # What the parent imported stays frozen: a collection in the child (the runtime runs one
+    # after start-up) would otherwise touch every shared object and copy its page.
     rc = 0
     try:
         from .launch import run_service
