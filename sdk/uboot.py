@@ -22,7 +22,7 @@ import re
 import secrets
 from typing import Any
 
-from .errors import LabError
+from .errors import LabError, Timeout
 
 __all__ = ["UBoot", "UBootCommandFailed"]
 
@@ -73,17 +73,27 @@ class UBoot:
 
     def __enter__(self) -> UBoot:
         self.console = self.serial.console()  # new output only: opened before power-on
+        waiting_for = self.prompt
         try:
             if self.cycle:
                 self.power.off()
                 self.power.on()
+                waiting_for = self.autoboot
                 self.console.expect_exact(self.autoboot, timeout=self.timeout)
                 self.console.send(self.interrupt)
+                waiting_for = self.prompt
             else:
                 self.console.send("\n")
             self.console.expect_exact(self.prompt, timeout=self.timeout)
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            import pexpect
+
+            if isinstance(exc, pexpect.TIMEOUT):
+                hint = "" if self.cycle else " (without a power cycle the board must be at U-Boot)"
+                raise Timeout(
+                    f"{self.serial.name}: no {waiting_for!r} within {self.timeout:g}s{hint}"
+                ) from None
             raise
         return self
 

@@ -47,6 +47,11 @@ def test_uboot_cli_runs_commands_and_sets_the_environment(
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == "bootcmd=run distro_bootcmd\n"
     assert lab.device(f"{dut}-power").call("state") == "off"
+    # --no-cycle on a board that is off: one line and the timeout's exit code, no traceback
+    off = cli("env", "--no-cycle", "--timeout", "2", dut, "x")
+    assert off.returncode == 5 and off.stderr.strip() == (
+        f"error: {dut}-console: no '=>' within 2s (without a power cycle the board must be at U-Boot)"
+    ), off.stderr
 
     # a session in a held lease: the board stays at the prompt, --no-cycle attaches to it
     with lab.lease(f"dut={dut}") as lease:
