@@ -22,8 +22,12 @@ def board(harness: LabHarness) -> SimDut:
         ("b1-storage", "storage", "mock", {"path": str(root / "b1.card"), "size": "64MiB",
                                            "state_file": str(root / "b1.side"), "fsync": False}),
     ):  # fmt: skip
-        harness.start_service({"service": service, "kind": kind, "driver": driver,
-                               "labels": {"dut": "b1"}, "config": config})  # fmt: skip
+        try:
+            harness.start_service({"service": service, "kind": kind, "driver": driver,
+                                   "labels": {"dut": "b1"}, "config": config})  # fmt: skip
+        except BaseException:
+            dut.stop()  # the caller's try/finally has not begun: do not leave the board running
+            raise
     return dut
 
 
