@@ -209,3 +209,42 @@ def power_service(
         ],
         **extra,
     }
+
+
+class LabUp:
+    """``labctl lab up [LAB_FILE]`` as a process on ipc:// addresses in ``root`` (dashboard off),
+    with a ``Lab`` on its bus; ``online(selector)`` lists the devices that are up. As a context
+    manager it stops the lab with SIGINT and checks it exits 0 (kills it if the body failed)."""
+
+    def __init__(self, root: Path, lab_file: Path | None = None, timeout: float = 5) -> None:
+        self.bus = f"ipc://{root}/bus"
+        argv = [*LABCTL, "lab", "up", *([str(lab_file)] if lab_file else []), "--bus", self.bus,
+                "--events", f"ipc://{root}/ev", "--state", str(root / "state"),
+                "--dashboard", "off"]  # fmt: skip
+        self._log = open(root / "lab.log", "wb")  # noqa: SIM115 (closed in __exit__)
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        self.lab = Lab(self.bus, timeout=timeout)
+
+    def online(self, selector: str) -> list[str]:
+        try:
+            return sorted(d["name"] for d in self.lab.devices(selector) if d["online"])
+        except Exception:
+            return []
+
+    def wait_online(self, selector: str, expected: list[str], timeout: float, what: str) -> None:
+        wait_until(lambda: self.online(selector) == sorted(expected), timeout, what)
+
+    def __enter__(self) -> LabUp:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        try:
+            if exc_type is None:
+                self.proc.send_signal(signal.SIGINT)
+                assert self.proc.wait(30) == 0
+        finally:
+            self.lab.close()
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()

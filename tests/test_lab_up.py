@@ -13,7 +13,7 @@ import yaml
 
 from labctl.lab import Lab
 
-from .harness import wait_until
+from .harness import LabUp, wait_until
 
 
 def _children(pid: int) -> list[int]:
@@ -198,36 +198,15 @@ def test_lab_up_refuses_a_simulator_whose_command_does_not_exist(workdir) -> Non
 
 
 def test_the_built_in_example_lab_boots_a_simulated_board(workdir) -> None:  # type: ignore[no-untyped-def]
-    bus = f"ipc://{workdir}/bus"
-    argv = [sys.executable, "-m", "labctl.cli", "lab", "up", "--bus", bus, "--events", f"ipc://{workdir}/ev",
-            "--state", str(workdir / "state")]  # fmt: skip
-    log = open(workdir / "lab.log", "wb")  # noqa: SIM115
-    up = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    lab = Lab(bus, timeout=5)
-    try:
+    with LabUp(workdir) as up:
         expected = ["rpi4-01-console", "rpi4-01-power", "rpi4-01-storage",
                     "rpi4-02-console", "rpi4-02-power", "rpi4-02-storage"]  # fmt: skip
-
-        def online() -> list[str]:
-            try:
-                return sorted(d["name"] for d in lab.devices("board=rpi4") if d["online"])
-            except Exception:
-                return []
-
-        wait_until(lambda: online() == expected, 30, "the example lab")
-        with lab.lease("dut=rpi4-02") as lease:
+        up.wait_online("board=rpi4", expected, 30, "the example lab")
+        with up.lab.lease("dut=rpi4-02") as lease:
             con = lease.serial.console()
             lease.power.on()
             con.expect("rpi4-02 login:", timeout=20)
             con.close()
-        up.send_signal(signal.SIGINT)
-        assert up.wait(20) == 0
-    finally:
-        lab.close()
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-        log.close()
 
 
 def test_lab_example_prints_the_lab_file_that_lab_up_runs_without_one(workdir) -> None:  # type: ignore[no-untyped-def]
