@@ -92,7 +92,9 @@ class LeaseAccess:
             raise DeviceBusy(
                 f"{dev.name!r} is leased by {holder}"
                 + (
-                    "" if lease_id is None else f"; your lease {ref_of(lease_id)} does not cover it"
+                    "; if that lease is yours, give its id (--lease ID or LABCTL_LEASE)"
+                    if lease_id is None
+                    else f"; your lease {ref_of(lease_id)} does not cover it"
                 ),
                 {"device": dev.name, "holder": holder},
             )

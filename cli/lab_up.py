@@ -22,6 +22,7 @@ import trio
 import yaml
 
 from labctl.errors import ConfigError
+from labctl.services import child_process
 from labctl.services.config import ServiceConfig, load_yaml, parse_service_config
 from labctl.services.forkserver import ForkServerClient
 
@@ -106,28 +107,6 @@ def broker_argv(settings: dict[str, Any], state: str) -> list[str]:
     return argv
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if `lab up` is killed (even with -9), so is the child.
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked dies, so children must be forked
-    from the main thread (not from trio's worker threads, which exit when idle).
-    """
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-async def _wait(proc: subprocess.Popen[bytes]) -> int:
-    """Wait for ``proc`` without a thread: its pidfd becomes readable when it exits."""
-    fd = os.pidfd_open(proc.pid)
-    try:
-        await trio.lowlevel.wait_readable(fd)
-    finally:
-        os.close(fd)
-    return proc.wait()
-
-
 async def supervise(name: str, argv: list[str], env: dict[str, str]) -> None:
     """Run ``argv`` forever: restart with backoff (0.5 s doubling to 30 s) when it exits; its
     output prefixed with ``name``; reported when it keeps failing."""
@@ -136,16 +115,18 @@ async def supervise(name: str, argv: list[str], env: dict[str, str]) -> None:
     watch = FailureWatch(output)
     while True:
         started = trio.current_time()
-        # Forked from the main thread (see _die_with_parent); fork+exec is quick.
-        proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent,  # noqa: PLW1509
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+        # if `lab up` is killed (even with -9), so is the child (see child_process)
+        child = child_process.spawn(
+            argv, signal.SIGTERM, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        proc = child.popen
         assert proc.stdout is not None
         out = trio.lowlevel.FdStream(os.dup(proc.stdout.fileno()))
         proc.stdout.close()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(output.pump, out)
-                rc = await _wait(proc)
+                rc = await child.wait()
                 # the rest of its output; a child of its own may hold the pipe open
                 nursery.cancel_scope.deadline = trio.current_time() + 1
         finally:
@@ -153,7 +134,7 @@ async def supervise(name: str, argv: list[str], env: dict[str, str]) -> None:
                 proc.send_signal(signal.SIGTERM)
                 with trio.move_on_after(5) as scope:
                     scope.shield = True
-                    await _wait(proc)
+                    await child.wait()
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()

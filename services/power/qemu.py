@@ -26,11 +26,9 @@ last stderr line), the console port taken (the service fails at start, naming it
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -42,6 +40,7 @@ from pydantic import Field
 
 from labctl.errors import DriverError
 
+from .. import child_process
 from ..driver import DriverConfig
 from .interface import PowerDriver
 
@@ -88,16 +87,11 @@ class QemuConfig(DriverConfig):
 class _Run:
     """One powered-on period: the QEMU process and its private sockets."""
 
-    def __init__(self, proc: trio.Process, workdir: Path, card: bool) -> None:
+    def __init__(self, proc: child_process.Child, workdir: Path, card: bool) -> None:
         self.proc = proc
         self.workdir = workdir
         self.card = card
         self.console: trio.SocketStream | None = None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: QEMU gets SIGKILL if this service dies, even by SIGKILL."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class QemuPower(PowerDriver):
@@ -239,12 +233,12 @@ class QemuPower(PowerDriver):
         argv = self._argv(workdir, card)
         stderr = open(workdir / "stderr", "wb")  # noqa: SIM115 (closed below)
         try:
-            proc = await trio.lowlevel.open_process(
+            # forked from this (trio's) thread, so it dies with the service: child_process
+            proc = child_process.spawn(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
-                preexec_fn=_die_with_parent,  # forked from this (trio's) thread: see lab_up
                 start_new_session=True,
             )
         except OSError as exc:
@@ -267,7 +261,7 @@ class QemuPower(PowerDriver):
         self._nursery.start_soon(self._supervise, run)
 
     async def _accept_console(
-        self, listener: trio.socket.SocketType, proc: trio.Process, workdir: Path
+        self, listener: trio.socket.SocketType, proc: child_process.Child, workdir: Path
     ) -> trio.SocketStream:
         """QEMU's console connection; DriverError with its stderr if QEMU exits first."""
         result: list[trio.SocketStream] = []
