@@ -6,10 +6,21 @@ Floor: a blocking pyzmq DEALER client -> a blocking ROUTER forwarder process -> 
 blocking DEALER "service" process that answers msgpack, the least any broker design can
 cost on this machine. labctl: the sync SDK -> broker -> mock power service, `state()`.
 Rounds of floor and labctl calls alternate; the ratio is taken per round and its median
-reported beside the pooled p50s. Then, in a batch of its own, cProfile counts the Python
-function calls per RPC in the client, the broker and the service (the broker and service
-run under bench/profiled.py, switched on and off by signals). Also the wall time of
-`labctl power on DEVICE` (one-shot: lease, call, release) and of `labctl --help`.
+reported beside the pooled p50s (and the spread of the round ratios). Then, in a batch of
+its own, cProfile counts the Python function calls per RPC in the client, the broker and
+the service (the broker and service run under bench/profiled.py, switched on and off by
+signals). Also the wall time of `labctl power on DEVICE` (one-shot: lease, call, release)
+and of `labctl --help`.
+
+``--parts`` also times, in the same interleaved rounds, the labctl broker with a blocking
+LAB1 service (``broker-only``) and a minimal blocking LAB1 broker with the labctl service
+(``service-only``), both called through the SDK: how much of the excess over the floor
+each labctl process adds.
+
+Reading the numbers on a shared VM: the floor is mostly thread wake-ups (12 per RPC), and
+a wake-up costs more when the woken vCPU has gone idle, so the floor is *slower* on an
+idle machine (~300 us here) than on a busy one (~140 us), while labctl's own Python and
+syscalls per message stay; the ratio is worst when the floor is fast.
 """
 
 from __future__ import annotations
@@ -70,6 +81,63 @@ def floor_service(front: str) -> None:
         dealer.send_multipart([client, msgpack.packb({"id": req["id"], "result": "off"})])
 
 
+def lab1_broker(front: str) -> None:
+    """A minimal blocking LAB1 broker (``--parts``): one service, request ids rewritten,
+    canned answers to the SDK's broker calls; what labctl's broker is compared with."""
+    from labctl import multipart
+    from labctl import protocol as P
+
+    router = zmq.Context().socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.bind(front)
+    service, pending, rid = None, {}, 0
+    device = {"name": "parts.1", "kind": "power", "driver": "mock", "labels": {},
+              "interface": {"methods": {"state": {"mutating": False}}}}  # fmt: skip
+    while True:
+        frames = multipart.recv(router)
+        ident, mtype = frames[0], frames[2]
+        if mtype == P.REGISTER:
+            service = ident
+            multipart.send(router, [ident, *P.Welcome(heartbeat=1.0, liveness=3).to_frames()])
+        elif mtype == P.REQUEST:
+            header = P.unpack(frames[3])
+            rid += 1
+            pending[rid], header["id"] = (ident, header["id"]), rid
+            multipart.send(router, [service, P.TAG, mtype, P.pack(header), *frames[4:]])
+        elif mtype in (P.REPLY, P.ERROR):
+            header = P.unpack(frames[3])
+            client, header["id"] = pending.pop(header["id"])
+            multipart.send(router, [client, P.TAG, mtype, P.pack(header), *frames[4:]])
+        elif mtype == P.HEARTBEAT and ident == service:
+            multipart.send(router, [ident, *P.Heartbeat().to_frames()])
+        elif mtype == P.CALL:  # devices() while waiting for it online, device() for info
+            call = P.Call.parse(P.decode(frames[1:]))
+            info = dict(device, online=service is not None)
+            found = [info] if call.method == "devices" else info
+            multipart.send(router, [ident, *P.Reply(call.id, found).to_frames()])
+
+
+def lab1_service(front: str) -> None:
+    """A blocking LAB1 service answering ``state()`` of ``blocking.1`` (``--parts``)."""
+    from labctl import multipart
+    from labctl import protocol as P
+
+    dealer = zmq.Context().socket(zmq.DEALER)
+    dealer.connect(front)
+    device = {"name": "blocking.1", "kind": "power", "driver": "mock", "labels": {},
+              "interface": {"methods": {"state": {"mutating": False}}}, "on_release": "none"}  # fmt: skip
+    register = P.Register(service="blocking", devices=[device], host="bench", pid=os.getpid())
+    multipart.send(dealer, register.to_frames())
+    heartbeat, off = P.Heartbeat("service").to_frames(), P.pack("off")
+    while True:
+        frames = multipart.recv(dealer)
+        if frames[1] == P.REQUEST:
+            reply_id = P.pack({"id": P.unpack(frames[2])["id"]})
+            multipart.send(dealer, [P.TAG, P.REPLY, reply_id, off])
+        elif frames[1] == P.HEARTBEAT:
+            multipart.send(dealer, heartbeat)
+
+
 class Floor:
     """The raw pyzmq floor: router and service processes, and a blocking client."""
 
@@ -98,26 +166,29 @@ class Floor:
 
 
 def interleaved(
-    calls: int, a: Any, b: Any, batch: int = 250
-) -> tuple[list[float], list[float], list[float]]:
-    """Time ``calls`` calls of each, alternating batches, so both see the same noise; also
-    the p50 ratio b/a of each round."""
-    out: tuple[list[float], list[float]] = ([], [])
-    ratios: list[float] = []
-    for fn in (a, b):  # warm up
+    calls: int, fns: dict[str, Any], batch: int = 250
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Time ``calls`` calls of each function, alternating batches, so all see the same
+    noise. Returns the samples and, per round, each one's p50 over the first one's."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    ratios: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm up
         for _ in range(300):
             fn()
     for _ in range(max(1, calls // batch)):
-        rounds: tuple[list[float], list[float]] = ([], [])
-        for fn, samples in ((a, rounds[0]), (b, rounds[1])):
+        medians = {}
+        for name, fn in fns.items():
+            xs = []
             for _ in range(batch):
                 t0 = time.perf_counter()
                 fn()
-                samples.append(time.perf_counter() - t0)
-        out[0].extend(rounds[0])
-        out[1].extend(rounds[1])
-        ratios.append(statistics.median(rounds[1]) / statistics.median(rounds[0]))
-    return out[0], out[1], ratios
+                xs.append(time.perf_counter() - t0)
+            samples[name].extend(xs)
+            medians[name] = statistics.median(xs)
+        first = next(iter(medians.values()))
+        for name, median in medians.items():
+            ratios[name].append(median / first)
+    return samples, ratios
 
 
 def start_profiled(h: Any, name: str, argv: list[str]) -> tuple[Proc, Path]:
@@ -154,7 +225,7 @@ def calls_per_rpc(fn: Any, n: int, procs: dict[str, tuple[Proc, Path]]) -> dict[
     return {k: round(v, 1) for k, v in out.items()}
 
 
-def run(calls: int, transport: str) -> dict[str, Any]:
+def run(calls: int, transport: str, parts: bool = False) -> dict[str, Any]:
     address = (
         f"tcp://127.0.0.1:{free_port()}"
         if transport == "tcp"
@@ -173,7 +244,10 @@ def run(calls: int, transport: str) -> dict[str, Any]:
         service = start_profiled(h, "service", ["-m", "labctl.services", str(config)])
         h.wait_online(["bench.1"])
         dev = lab.device("bench.1")
-        floor_s, ours_s, ratios = interleaved(calls, floor.call, dev.state)
+        fns = {"floor": floor.call, "labctl": dev.state}
+        if parts:
+            fns.update(_parts(h, transport))
+        samples, ratios = interleaved(calls, fns)
         # LABCTL_BENCH_PROFILES=DIR keeps the three profiles
         per_rpc = calls_per_rpc(dev.state, 1000, {"broker": broker, "service": service})
         env = dict(os.environ, LABCTL_BROKER=h.bus)
@@ -181,9 +255,14 @@ def run(calls: int, transport: str) -> dict[str, Any]:
         power = min(_wall([labctl, "power", "on", "bench.1"], env) for _ in range(5))
         help_ = min(_wall([labctl, "--help"], env) for _ in range(5))
         return {
-            "floor": percentiles(floor_s),
-            "labctl": percentiles(ours_s),
-            "round_ratios": ratios,
+            "floor": percentiles(samples["floor"]),
+            "labctl": percentiles(samples["labctl"]),
+            "round_ratios": ratios["labctl"],
+            "parts": {
+                name: {**percentiles(samples[name]), "ratio": statistics.median(ratios[name])}
+                for name in fns
+                if name not in ("floor", "labctl")
+            },
             "calls_per_rpc": per_rpc,
             "power": power,
             "help": help_,
@@ -192,6 +271,34 @@ def run(calls: int, transport: str) -> dict[str, Any]:
         floor.close()
         h.close()
         shutil.rmtree(h.root, ignore_errors=True)
+
+
+def _parts(h: Any, transport: str) -> dict[str, Any]:
+    """The ``--parts`` variants: the labctl broker with a blocking LAB1 service, and a
+    minimal blocking LAB1 broker with the labctl service, each called through the SDK."""
+    from labctl.lab import Lab
+
+    me = [sys.executable, __file__, "--role"]
+    h.procs.append(Proc([*me, "service", "--lab1", "--address", h.bus], h.root / "b.log").start())
+    mini = (
+        f"tcp://127.0.0.1:{free_port()}"
+        if transport == "tcp"
+        else f"ipc://{h.root}/mini-{os.getpid()}"
+    )
+    h.procs.append(Proc([*me, "router", "--lab1", "--address", mini], h.root / "m.log").start())
+    config = h.write_config({**power_service("parts", outlets=1), "broker": mini})
+    h.procs.append(
+        Proc(
+            [sys.executable, "-m", "labctl.services", str(config)], h.root / "p.log", h.env
+        ).start()
+    )
+    h.wait_online(["blocking.1"])
+    mini_lab = Lab(mini, timeout=10)
+    wait_until(lambda: mini_lab.devices()[0]["online"], 15, "the service at the minimal broker")
+    return {
+        "broker-only": h.lab(timeout=10).device("blocking.1").state,
+        "service-only": mini_lab.device("parts.1").state,
+    }
 
 
 def _answers(lab: Any) -> bool:
@@ -212,14 +319,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=5000)
     ap.add_argument("--transport", choices=["tcp", "ipc"], default="tcp")
+    ap.add_argument("--parts", action="store_true", help="also time broker-only/service-only")
     ap.add_argument("--role", choices=["router", "service"])
+    ap.add_argument("--lab1", action="store_true", help="the role speaks LAB1 (--parts)")
     ap.add_argument("--address")
     args = ap.parse_args()
     if args.role == "router":
-        return floor_router(args.address)
+        return (lab1_broker if args.lab1 else floor_router)(args.address)
     if args.role == "service":
-        return floor_service(args.address)
-    r = run(args.calls, args.transport)
+        return (lab1_service if args.lab1 else floor_service)(args.address)
+    r = run(args.calls, args.transport, args.parts)
     floor, ours, power_on, help_ = r["floor"], r["labctl"], r["power"], r["help"]
     result = {
         "calls": args.calls,
@@ -228,6 +337,8 @@ def main() -> None:
         "labctl": ours,
         "ratio_p50": ours["p50_us"] / floor["p50_us"],
         "ratio_p50_round_median": statistics.median(r["round_ratios"]),
+        "ratio_p50_round_range": [min(r["round_ratios"]), max(r["round_ratios"])],
+        "parts": r["parts"],
         "ratio_p99": ours["p99_us"] / floor["p99_us"],
         "calls_per_rpc": r["calls_per_rpc"],
         "labctl_power_on_wall_ms": power_on * 1000,
@@ -237,10 +348,13 @@ def main() -> None:
     print(
         f"RPC p50 floor {floor['p50_us']:.0f} us, labctl {ours['p50_us']:.0f} us "
         f"(ratio {result['ratio_p50']:.2f}, per-round median "
-        f"{result['ratio_p50_round_median']:.2f}, target <= 1.5); calls per RPC "
+        f"{result['ratio_p50_round_median']:.2f}, rounds {min(r['round_ratios']):.2f}-"
+        f"{max(r['round_ratios']):.2f}, target <= 1.5); calls per RPC "
         f"{r['calls_per_rpc']}; p99 {floor['p99_us']:.0f} / {ours['p99_us']:.0f} us; "
         f"`labctl power on` {power_on * 1000:.0f} ms (target < 250); `labctl --help` {help_ * 1000:.0f} ms (target < 150)"
     )
+    for name, part in r["parts"].items():
+        print(f"  {name}: p50 {part['p50_us']:.0f} us, ratio {part['ratio']:.2f} of the floor")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Each handler takes the caller's routing id, the request id and keyword arguments
 returns a msgpack-able result, or ``LATER`` when it replies itself (a lease grant once it
 is committed, a queued lease, a journal query on the store thread). Who is calling is the
 connection's identity (``peers.Peers``), never an argument: the ``holder`` and ``who`` that
-older SDKs send are ignored.
+older SDKs send are ignored. Whether its role may make the call at all is ``access.POLICY``
+(asked in ``dispatch``, by the call's name; a forced release is ``lease.release.force``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from labctl.errors import BadArguments, BadRequest, DeviceNotFound, LabError
 from labctl.protocol import Message
 from labctl.selector import parse
 
+from . import limits
+from .access import Roles
 from .events import EventHub
 from .leases import LeaseTable
 from .outbox import Outbox
@@ -49,6 +52,7 @@ class BrokerCalls:
         outbox: Outbox,
         store: StoreThread,
         peers: Peers,
+        roles: Roles,
         hub: Callable[[], EventHub],
         welcome: Callable[[], protocol.Welcome],
     ) -> None:
@@ -57,6 +61,7 @@ class BrokerCalls:
         self.outbox = outbox
         self.store = store
         self.peers = peers
+        self.roles = roles
         self.hub = hub
         self.welcome = welcome
         self.table: dict[str, Any] = {
@@ -83,6 +88,8 @@ class BrokerCalls:
         fn = self.table.get(name) if isinstance(name, str) else None
         if fn is None:
             raise BadRequest(f"the broker has no call {name!r}; it has {', '.join(self.table)}")
+        if self.roles.enforced:
+            self.roles.check(ident, name)
         kwargs = call.kwargs()
         if name in IGNORED:
             kwargs.pop(IGNORED[name], None)
@@ -123,7 +130,8 @@ class BrokerCalls:
         in ``labctl`` and on the dashboard)."""
         hub = self.hub()
         storage = {**self.store.status(), "unjournaled": hub.unjournaled}
-        return {**self.welcome().as_dict(), "storage": storage}
+        subscriptions = hub.subscriptions.status()
+        return {**self.welcome().as_dict(), "storage": storage, "subscriptions": subscriptions}
 
     def devices(self, ident: bytes, rid: Any, selector: str = "") -> list[dict[str, Any]]:
         leases = self.leases
@@ -185,8 +193,18 @@ class BrokerCalls:
         return LATER
 
     def sync(self, ident: bytes, rid: Any, token: str) -> bool:
-        """Publish ``sync.<token>`` (not journaled) so a subscriber knows it is connected."""
+        """Publish ``sync.<token>`` (not journaled) so a subscriber knows it is connected.
+
+        The subscriptions that came meanwhile are applied first; ``limit`` if the
+        subscription to ``sync.<token>`` was refused (its identity is over its subscription
+        limit: the SDK's subscription fails with that instead of waiting for an event that
+        would never come)."""
         token = fields.text(token, "token", 200)
+        subscriptions = self.hub().subscriptions
+        subscriptions.drain()
+        refused = subscriptions.refused_token(token)
+        if refused is not None:
+            raise limits.exceeded("event subscriptions", subscriptions.maximum, refused)
         self.outbox.publish_raw(f"sync.{token}", protocol.pack(None), journal=False)
         return True
 
@@ -230,6 +248,8 @@ class BrokerCalls:
         leases = self.leases
         id, reason = fields.text(id, "id", 200), fields.text(reason, "reason")
         force, reset = fields.flag(force, "force"), fields.flag(reset, "reset")
+        if force and self.roles.enforced:
+            self.roles.check(ident, "lease.release.force", id if id not in leases.leases else "")
         if force and not reason:
             raise BadRequest("a forced release needs a reason (--reason TEXT)")
         if id in leases.leases:

@@ -141,8 +141,8 @@ class LeaseTable:
             wait = self._reset_wait(matched)
             if wait <= 0:
                 raise self._busy_error(selector, matched)
-        queued = sum(1 for w in self.queue.waiters if w.ident == ident)
-        limits.check(queued, limits.MAX_WAITERS, "queued lease requests")
+        queued = sum(1 for w in self.queue.waiters if w.holder == holder)  # per identity
+        limits.check(queued, limits.MAX_WAITERS, "queued lease requests", holder)
         self.queue.add(Waiter(ident, rid, selector, duration, holder, time.time() + wait, grace,
                               settling=settling))  # fmt: skip
         self._changed.set()

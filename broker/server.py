@@ -33,7 +33,8 @@ from labctl.errors import (
 )
 from labctl.protocol import Message
 
-from . import limits
+from . import auth, limits
+from .access import Roles
 from .bus import BusSocket
 from .calls import BrokerCalls
 from .events import EventHub
@@ -57,11 +58,16 @@ class Broker:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.store = StoreThread(store or Store(settings.state))
         self.registry = Registry()
-        self.peers = Peers()
+        # who may connect (CURVE + ZAP), None when the broker runs open; roles read it
+        self.auth = auth.curve_table(settings)
+        self.curve: auth.CurveServer | None = None
+        self.peers = Peers(self.auth)  # roles: every peer is admin while the broker runs open
+        # who may do what (access.POLICY); each refusal is a (rate-bounded) audit row
+        self.roles = Roles(self.peers, lambda *row: self.store.submit(self.store.store.audit, *row))
         self.metrics = BrokerMetrics()
         self.outbox = Outbox(self.metrics)
         self.pending: dict[int, Pending] = {}
-        self.pending_by: dict[bytes, int] = {}  # requests in flight per client (limits)
+        self.pending_by: dict[str, int] = {}  # requests in flight per identity (limits)
         self._next_rid = 0
         self.bus: BusSocket | None = None
         self.events: EventHub | None = None
@@ -76,7 +82,12 @@ class Broker:
             revoke_streams=lambda lease_id: self.streams.lease_ended(lease_id),
         )
         self.streams = StreamRouter(
-            self.registry, self.leases.access, self.outbox, self.metrics, self.peers.identity
+            self.registry,
+            self.leases.access,
+            self.outbox,
+            self.metrics,
+            self.peers.identity,
+            self.roles,
         )
         self.calls = BrokerCalls(
             self.registry,
@@ -84,6 +95,7 @@ class Broker:
             self.outbox,
             self.store,
             self.peers,
+            self.roles,
             hub=lambda: self.events_hub,
             welcome=self.welcome,
         )
@@ -104,28 +116,45 @@ class Broker:
         # broker's inbound memory per peer is bounded, not just counted
         router.setsockopt(zmq.RCVHWM, 1000)
         router.setsockopt(zmq.MAXMSGSIZE, 2 * self.settings.max_payload)
+        if self.auth is not None:  # CURVE: a key not in authorized_keys never gets a frame in
+            self.curve = auth.CurveServer(self.ctx, self.settings.state, self.auth)
+            self.curve.serve(router)
         router.bind(self.settings.bus)
         self.bus_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         xpub = self.ctx.socket(zmq.XPUB)
         xpub.setsockopt(zmq.LINGER, 0)
         xpub.setsockopt(zmq.SNDHWM, 100000)
+        # subscriptions are applied by EventHub within per-identity limits (issue 10), and
+        # a subscription over MAX_TOPIC bytes drops its peer
+        xpub.setsockopt(zmq.XPUB_MANUAL, 1)
+        xpub.setsockopt(zmq.MAXMSGSIZE, limits.MAX_TOPIC + 1)
+        if self.curve is not None:
+            self.curve.serve(xpub)
         xpub.bind(self.settings.events)
         self.events_endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.bus = BusSocket(router, self.peers)
-        self.events = EventHub(xpub, self.store)
+        self.events = EventHub(xpub, self.store, self.peers.who)
         self.outbox.attach(self.bus, self.events)
         self.leases.load()
 
     async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.bind()
         self.store.start()  # from here on, SQLite only on the store thread
-        log.info("broker listening", bus=self.bus_endpoint, events=self.events_endpoint)
+        log.info(
+            "broker listening",
+            bus=self.bus_endpoint,
+            events=self.events_endpoint,
+            curve=self.curve.public.decode() if self.curve else "off",
+        )
         self.publish("broker.started", {"bus": self.bus_endpoint, "pid": os.getpid()})
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._bus_loop)
                 nursery.start_soon(self._housekeeping)
                 nursery.start_soon(self.leases.run)
+                nursery.start_soon(self.events_hub.serve)  # (un)subscriptions, counted
+                if self.auth is not None:  # authorized_keys: reload on change and SIGHUP
+                    nursery.start_soon(self.auth.watch)
                 if self.settings.dashboard:  # read-only, through the SDK on our own bus
                     from .dashboard import serve_dashboard
 
@@ -137,6 +166,8 @@ class Broker:
             self.store.stop()  # writes what is queued, closes the database, joins
             self.bus.close()
             self.events.sock.close(0)
+            if self.curve is not None:
+                self.curve.close()
 
     # -- the bus loop -------------------------------------------------------------------
     async def _bus_loop(self) -> None:
@@ -177,7 +208,11 @@ class Broker:
 
     # -- registration and liveness ------------------------------------------------------
     def _on_register(self, ident: bytes, msg: Message) -> None:
-        svc, devices, dropped = self.registry.register(ident, protocol.Register.parse(msg))
+        reg = protocol.Register.parse(msg)
+        if self.roles.enforced:  # a service key registers only the names its globs allow
+            names = [d["name"] for d in reg.devices if isinstance(d, dict) and "name" in d]
+            self.roles.check_register(ident, [n for n in names if isinstance(n, str)])
+        svc, devices, dropped = self.registry.register(ident, reg)
         for dev in dropped:
             self.publish(
                 f"device.{dev.name}.online",
@@ -219,7 +254,6 @@ class Broker:
         if svc is not None and not svc.settled:
             # registered and never spoke again: nothing to keep its devices for
             self.registry.forget(svc, keep=self.leases.owed_reset)
-        self.pending_by.pop(ident, None)
         for rid, p in list(self.pending.items()):
             if p.service == ident:
                 self._forget(rid)
@@ -287,12 +321,17 @@ class Broker:
                 f"device {dev.name!r} ({dev.kind}) has no method {method!r}; it has: {known}",
                 {"device": dev.name, "method": method},
             )
+        if self.roles.enforced:  # viewers call read-only methods; force is an admin's
+            self.roles.check(ident, "method.mutating" if spec.get("mutating") else "method",
+                             dev.name)  # fmt: skip
+            if req.force:
+                self.roles.check(ident, "force", dev.name)
         if not dev.service_alive:  # an unreachable port or plug still answers status and logs
             raise DeviceOffline(f"device {dev.name!r} is offline ({dev.offline_reason()})")
+        who = self.peers.known.get(ident, "anonymous")  # Peers.identity, inlined (RPC path)
         if spec.get("mutating"):
-            who = self.peers.identity(ident)
             self.leases.access.check(dev, req.lease, f"{method}()", req.force, who)
-        limits.check(self.pending_by.get(ident, 0), limits.MAX_PENDING, "pending requests")
+        limits.check(self.pending_by.get(who, 0), limits.MAX_PENDING, "pending requests", who)
         timeout = req.timeout
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             timeout = protocol.DEFAULT_TIMEOUT
@@ -302,8 +341,8 @@ class Broker:
         client_id, req.id, req.timeout = req.id, rid, timeout
         req.force = None  # the broker's business (journaled above), not the service's
         if self.send(dev.ident, req.to_frames()):
-            self.pending[rid] = Pending(ident, client_id, dev.ident, deadline)
-            self.pending_by[ident] = self.pending_by.get(ident, 0) + 1
+            self.pending[rid] = Pending(ident, client_id, dev.ident, deadline, who)
+            self.pending_by[who] = self.pending_by.get(who, 0) + 1
             self.metrics.rpc_sent(rid, method)
         else:
             raise ServiceGone(f"service {dev.service!r} of {dev.name!r} is not reachable")
@@ -322,11 +361,11 @@ class Broker:
 
     def _forget(self, rid: int) -> Pending:
         p = self.pending.pop(rid)
-        n = self.pending_by.get(p.client, 0) - 1
+        n = self.pending_by.get(p.who, 0) - 1
         if n > 0:
-            self.pending_by[p.client] = n
+            self.pending_by[p.who] = n
         else:
-            self.pending_by.pop(p.client, None)
+            self.pending_by.pop(p.who, None)
         return p
 
     def _on_call(self, ident: bytes, msg: Message) -> None:
@@ -338,6 +377,8 @@ class Broker:
         topic = event.topic
         if svc is None or not isinstance(topic, str) or event.body is None:
             raise BadRequest("events need a registered service, a topic and a body")
+        if self.roles.enforced:
+            self.roles.check(ident, "publish", topic)
         parts = topic.split(".")
         if len(parts) < 3 or parts[0] != "device" or ".".join(parts[1:-1]) not in svc.devices:
             raise BadRequest(f"service {svc.name!r} may not publish on {topic!r}")

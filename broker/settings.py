@@ -23,6 +23,12 @@ class BrokerSettings:
     dashboard: str | None = None  # HOST:PORT to serve the dashboard on (docs/dashboard.md)
     #: forget devices whose service has been gone this many seconds (None: keep them)
     forget_offline_after: float | None = None
+    #: CURVE even on loopback (it is on anyway for a bind beyond loopback; docs/security.md)
+    curve: bool = False
+    #: serve beyond loopback without CURVE (logged and shown as a warning)
+    insecure: bool = False
+    #: the authorized_keys file (default: <state>/authorized_keys.yaml)
+    authorized_keys: Path | None = None
 
 
 @dataclass(slots=True)
@@ -31,3 +37,4 @@ class Pending:
     client_id: Any
     service: bytes
     deadline: float
+    who: str = ""  # the client's identity (limits.MAX_PENDING counts per identity)

@@ -25,7 +25,7 @@ from labctl.errors import ProtocolError, StreamClosed, StreamRefused
 from labctl.protocol import Message
 
 from . import limits
-from .access import LeaseAccess
+from .access import LeaseAccess, Roles
 from .metrics import BrokerMetrics
 from .outbox import Outbox
 from .registry import Registry
@@ -48,6 +48,7 @@ class Route:
     name: str
     lease: str | None
     writable: bool
+    who: str = ""  # the client's identity (limits.MAX_STREAMS counts per identity)
     to_client_credit: int = 0  # bytes the client granted the service
     to_service_credit: int = 0  # bytes the service granted the client
     open_rid: object = None  # the client's request id until the service accepts
@@ -68,14 +69,16 @@ class StreamRouter:
         outbox: Outbox,
         metrics: BrokerMetrics,
         identity: Callable[[bytes], str] = lambda ident: "anonymous",
+        roles: Roles | None = None,
     ) -> None:
         self.registry = registry
-        self.identity = identity  # who a client is (the audit row of a forced write)
+        self.identity = identity  # who a client is (limits; the audit row of a forced write)
+        self.roles = roles  # who may read, write, force (None: everyone, as while open)
         self.access = access
         self.outbox = outbox
         self.metrics = metrics
         self.routes: dict[int, Route] = {}
-        self.by_client: dict[bytes, int] = {}  # routes per client (limits.MAX_STREAMS)
+        self.by_client: dict[str, int] = {}  # routes per identity (limits.MAX_STREAMS)
         # Ids start at a random point each broker run, so a client resuming after a
         # restart never collides with a stream some other client opened meanwhile.
         self._next_sid = secrets.randbelow(1 << 40)
@@ -160,15 +163,20 @@ class StreamRouter:
         if spec is None:
             known = ", ".join(dev.interface.get("streams", {})) or "none"
             raise StreamRefused(f"device {dev.name!r} has no stream {name!r} (streams: {known})")
+        roles = self.roles
+        if roles is not None and roles.enforced:  # viewers tail; writing and force are not theirs
+            roles.check(ident, "stream.write" if req.write else "stream", dev.name)
+            if req.force:
+                roles.check(ident, "force", dev.name)
         if not dev.online:
             raise StreamRefused(f"device {dev.name!r} is offline")
+        who = self.identity(ident)
         if req.write:
             if not spec.get("writable"):
                 raise StreamRefused(f"stream {name!r} of {dev.name!r} is read-only")
-            who = self.identity(ident)
             self.access.check(dev, req.lease, f"writing to {name}", req.force, who)
         credit = _capped(0, req.credit)  # StreamOpen.parse checked it is an int >= 0
-        limits.check(self.by_client.get(ident, 0), limits.MAX_STREAMS, "streams")
+        limits.check(self.by_client.get(who, 0), limits.MAX_STREAMS, "streams", who)
         self._next_sid += 1
         route = Route(
             sid=self._next_sid,
@@ -178,6 +186,7 @@ class StreamRouter:
             name=name,
             lease=req.lease if req.write else None,
             writable=req.write,
+            who=who,
             to_client_credit=credit,
         )
         offer = protocol.StreamOffer(route.sid, dev.name, name, req.args, req.write, credit)
@@ -185,16 +194,16 @@ class StreamRouter:
             raise StreamRefused(f"service of {dev.name!r} is not reachable")
         route.open_rid = req.id
         self.routes[route.sid] = route  # the client hears back once the service accepts
-        self.by_client[ident] = self.by_client.get(ident, 0) + 1
+        self.by_client[who] = self.by_client.get(who, 0) + 1
 
     def _drop(self, route: Route) -> None:
         if self.routes.pop(route.sid, None) is None:
             return
-        n = self.by_client.get(route.client, 0) - 1
+        n = self.by_client.get(route.who, 0) - 1
         if n > 0:
-            self.by_client[route.client] = n
+            self.by_client[route.who] = n
         else:
-            self.by_client.pop(route.client, None)
+            self.by_client.pop(route.who, None)
 
     def _accepted(self, route: Route, accept: protocol.StreamAccept) -> None:
         """The service has the stream: answer the client's open, pass on write credit."""

@@ -84,7 +84,10 @@ def compose_model(lab_spec: dict[str, Any], image: str = "labctl:dev") -> dict[s
         "restart": "unless-stopped",
         "volumes": [{"type": "volume", "source": "lab-state", "target": STATE}],
     }
-    broker_cmd = ["labctl", "broker", "run", "--bus", f"tcp://0.0.0.0:{bus_port}",
+    # --insecure: the bus binds the compose network (not loopback) without CURVE keys; the
+    # network is private and the ports are published on the host's loopback only. A lab
+    # reached across a site network runs with keys instead (docs/security.md, "Compose").
+    broker_cmd = ["labctl", "broker", "run", "--insecure", "--bus", f"tcp://0.0.0.0:{bus_port}",
                   "--events", f"tcp://0.0.0.0:{events_port}", "--state", STATE,
                   "--dashboard", f"0.0.0.0:{dash_port}"]  # fmt: skip
     for key, value in settings.items():
@@ -96,7 +99,7 @@ def compose_model(lab_spec: dict[str, Any], image: str = "labctl:dev") -> dict[s
                 "LABCTL_LOG_LEVEL": "info",
                 "LABCTL_BROKER": f"tcp://127.0.0.1:{bus_port}",  # healthcheck, `compose exec`
             },
-            "ports": [  # loopback only: the bus has no authentication
+            "ports": [  # loopback only: the bus runs without keys (--insecure)
                 f"127.0.0.1:{bus_port}:{bus_port}",
                 f"127.0.0.1:{events_port}:{events_port}",
                 f"127.0.0.1:{dash_port}:{dash_port}",
@@ -195,7 +198,9 @@ HEADER = """\
 #   docker compose up -d --build      # dashboard: http://127.0.0.1:{dash}/
 #   LABCTL_BROKER=tcp://127.0.0.1:{bus} labctl devices
 #
-# docs/compose.md says how to pass real serial adapters and USB devices in.
+# docs/compose.md says how to pass real serial adapters and USB devices in. The broker runs
+# without CURVE keys (--insecure) on the private compose network, its ports published on
+# loopback only; docs/security.md says how to run it with keys across a site network.
 """
 
 

@@ -103,6 +103,9 @@ def load_lab(path: str | None, run: Path, example: str = "simdut") -> dict[str, 
 def broker_argv(settings: dict[str, Any], state: str) -> list[str]:
     argv = [sys.executable, "-m", "labctl.cli", "broker", "run", "--state", state]
     for key, value in settings.items():
+        if isinstance(value, bool):  # curve, insecure: flags
+            argv += [f"--{key.replace('_', '-')}"] if value else []
+            continue
         argv += [f"--{key.replace('_', '-')}", str(value)]
     return argv
 
@@ -235,6 +238,17 @@ def check_addresses_free(broker: dict[str, Any]) -> None:
                 raise ConfigError(f"{what} address {address} {reason}") from None
 
 
+def lab_runs_open(broker: dict[str, Any]) -> bool:
+    """True if the lab's broker runs without CURVE (loopback, or ``insecure``)."""
+    from labctl.broker.auth import is_loopback
+
+    if broker.get("insecure"):
+        return True
+    bus = str(broker.get("bus", "tcp://127.0.0.1:5550"))
+    events = str(broker.get("events", "tcp://127.0.0.1:5551"))
+    return not broker.get("curve") and is_loopback(bus) and is_loopback(events)
+
+
 async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
     broker = dict(lab.get("broker") or {})
     check_addresses_free(broker)
@@ -244,6 +258,8 @@ async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
     env = dict(
         os.environ, LABCTL_BROKER=bus.replace("*", "127.0.0.1").replace("0.0.0.0", "127.0.0.1")
     )
+    if lab_runs_open(broker):  # the lab's own processes dial its open broker, whatever the
+        env.pop("LABCTL_BROKER_KEY", None)  # shell says for another lab (docs/security.md)
     with tempfile.TemporaryDirectory(prefix="labctl-lab-") as tmp:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(supervise, "broker", broker_argv(broker, str(state_dir)), env)

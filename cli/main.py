@@ -64,7 +64,7 @@ Exit codes:
   4    device offline or its service gone (serial expect: the console closed)
   5    timeout: the broker did not answer, a wait or an expect ran out
   6    the driver failed (the hardware said no; NotSupported)
-  7    lease needed, the device is leased by someone else, or the lease ended
+  7    lease needed, the device is leased by someone else, the lease ended, or not allowed
   130  interrupted (Ctrl-C)
 labctl shell exits with its command's code. Docs: docs/cli.md, docs/selectors.md,
 docs/lab-files.md."""
@@ -129,6 +129,22 @@ def broker() -> None:
     metavar="DURATION",
     help="Forget devices whose service has been gone this long (e.g. 7d) [default: never].",
 )
+@click.option(
+    "--curve",
+    is_flag=True,
+    help="CURVE keys even on loopback (always on for a bind beyond loopback; docs/security.md).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Bind beyond loopback WITHOUT keys: anyone who reaches the ports drives the lab.",
+)
+@click.option(
+    "--authorized-keys",
+    default=None,
+    metavar="PATH",
+    help="Who may connect (YAML) [default: STATE/authorized_keys.yaml].",
+)
 def broker_run(
     bus: str,
     events: str,
@@ -139,8 +155,15 @@ def broker_run(
     group_label: str,
     dashboard: str | None,
     forget_offline_after: str | None,
+    curve: bool,
+    insecure: bool,
+    authorized_keys: str | None,
 ) -> None:
-    """Run the broker in the foreground."""
+    """Run the broker in the foreground.
+
+    CURVE is on for any bus or events address beyond loopback: the broker's key pair is
+    STATE/broker.key (made on first start; `labctl keys show STATE/broker.key` prints it)
+    and --authorized-keys lists who may connect (docs/security.md)."""
     from pathlib import Path
 
     from labctl import logs
@@ -161,6 +184,9 @@ def broker_run(
         forget_offline_after=(
             parse_duration(forget_offline_after) if forget_offline_after else None
         ),
+        curve=curve,
+        insecure=insecure,
+        authorized_keys=Path(authorized_keys) if authorized_keys else None,
     )
     run_until_signal(run_broker, settings)
 
@@ -266,6 +292,7 @@ def lab_example(name: str) -> None:
 
 
 from . import commands as _commands  # noqa: E402,F401  (registers the client commands)
+from . import keys_cmds as _keys_cmds  # noqa: E402,F401
 from . import lab_compose as _lab_compose  # noqa: E402,F401
 from . import sim_cmds as _sim_cmds  # noqa: E402,F401
 from . import uboot_cmds as _uboot_cmds  # noqa: E402,F401

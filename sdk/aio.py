@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import trio
 import zmq
@@ -26,6 +26,7 @@ from .aio_streams import AsyncByteStream, AsyncConsole, AsyncEventStream
 from .client import RequestForgotten, broker_address, holder_identity, identity_metadata
 from .durations import parse_duration
 from .errors import LabError, LeaseNotFound, LeaseRequired, MethodNotFound
+from .keys import ClientKeys, client_keys, secure
 from .lease_view import DeviceInfo, LeaseView
 from .triozmq import TrioSocket
 
@@ -139,10 +140,16 @@ class AsyncLab:
     """A connection to one lab's broker; use it as ``async with AsyncLab() as lab``."""
 
     def __init__(
-        self, broker: str | None = None, timeout: float = protocol.DEFAULT_TIMEOUT
+        self,
+        broker: str | None = None,
+        timeout: float = protocol.DEFAULT_TIMEOUT,
+        keys: ClientKeys | Literal[False] | None = None,
     ) -> None:
+        """``keys``: CURVE keys (default: from the environment, none there means open;
+        False: open, whatever the environment says)."""
         self.address = broker_address(broker)
         self.timeout = timeout
+        self.keys = (keys or None) if keys is not None else client_keys()
         self._pending: dict[int, trio.MemorySendChannel[protocol.Message]] = {}
         self._requests = core.Requests()
         self._answered = False
@@ -152,6 +159,7 @@ class AsyncLab:
         raw: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         raw.setsockopt(zmq.LINGER, 0)
         raw.setsockopt(zmq.METADATA, identity_metadata())  # who we are, per connection
+        self.handshake = secure(raw, self.keys, self.address)
         raw.connect(self.address)
         self.sock = TrioSocket(raw)
         self._nursery_cm = trio.open_nursery()
@@ -162,6 +170,7 @@ class AsyncLab:
     async def __aexit__(self, *exc: Any) -> bool | None:
         self.nursery.cancel_scope.cancel()
         result = await self._nursery_cm.__aexit__(*exc)
+        self.handshake.stop()
         self.sock.close()
         return result
 
@@ -207,7 +216,8 @@ class AsyncLab:
                         return value
         finally:
             del self._pending[rid]
-        raise core.timeout_error(self.address, msg, timeout, self._answered)
+        refused = None if self._answered else self.handshake.error()
+        raise refused or core.timeout_error(self.address, msg, timeout, self._answered)
 
     async def call(
         self,

@@ -17,9 +17,11 @@ import zmq
 from pexpect import EOF, TIMEOUT
 
 from . import core, protocol
-from .client import CONNECT_TIMEOUT, events_address
+from .client import CONNECT_TIMEOUT, events_address, identity_metadata
 from .console import printed_tail
 from .errors import LabError, Timeout
+from .keys import ClientKeys
+from .keys import apply as apply_keys
 from .streams import ACK_TIMEOUT, InputLog, note_epoch
 from .triozmq import TrioSocket
 
@@ -29,9 +31,10 @@ if TYPE_CHECKING:
 __all__ = ["EOF", "TIMEOUT", "AsyncByteStream", "AsyncConsole", "AsyncEventStream"]
 
 
-def _dealer(address: str) -> TrioSocket:
+def _dealer(address: str, keys: ClientKeys | None) -> TrioSocket:
     raw: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
+    apply_keys(raw, keys)  # CURVE if the lab has keys; a refusal is explained by the lab's socket
     raw.connect(address)
     return TrioSocket(raw)
 
@@ -49,7 +52,7 @@ class AsyncByteStream:
         args: dict[str, Any],
         resume: float = core.RESUME_FOR,
     ) -> None:
-        self.address, self.timeout = lab.address, lab.timeout
+        self.address, self.timeout, self.keys = lab.address, lab.timeout, lab.keys
         self.state = core.StreamState(device, name, write, lease, args, resume)
         self._sock: TrioSocket | None = None
         self._changed = trio.Event()
@@ -94,7 +97,7 @@ class AsyncByteStream:
         """Open (or reopen) on a fresh socket; the open's reply is awaited right here."""
         if self._sock is not None:
             self._sock.close()
-        self._sock = sock = _dealer(self.address)
+        self._sock = sock = _dealer(self.address, self.keys)
         rid, frames = core.Requests().frames(self.state.open_message(), self.timeout)
         await sock.send(frames)
         got = None
@@ -393,7 +396,9 @@ class AsyncEventStream:
         hello = await self.lab.hello()
         raw: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         raw.setsockopt(zmq.LINGER, 0)
+        raw.setsockopt(zmq.METADATA, identity_metadata())  # subscriptions count per identity
         raw.setsockopt(zmq.SUBSCRIBE, self.filter.prefix)
+        apply_keys(raw, self.lab.keys)  # the events XPUB is a CURVE server as the bus is
         raw.connect(events_address(self.lab.address, hello["events"]))
         self._sock = TrioSocket(raw)
         try:

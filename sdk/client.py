@@ -12,12 +12,13 @@ import math
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 
 from . import core, multipart, protocol
 from .errors import Timeout
+from .keys import ClientKeys, client_keys, secure
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5550"
 #: how long the first request waits before calling the broker unreachable
@@ -87,14 +88,22 @@ class RequestForgotten(Timeout):
 
 class BusClient:
     def __init__(
-        self, address: str | None = None, timeout: float = protocol.DEFAULT_TIMEOUT
+        self,
+        address: str | None = None,
+        timeout: float = protocol.DEFAULT_TIMEOUT,
+        keys: ClientKeys | Literal[False] | None = None,
     ) -> None:
+        """``keys``: CURVE keys to dial with (default: from the environment, see
+        ``labctl.keys.client_keys``, none there means open; False: open, whatever the
+        environment says)."""
         self.address = broker_address(address)
         self.timeout = timeout
+        self.keys = (keys or None) if keys is not None else client_keys()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.METADATA, identity_metadata())  # who we are, per connection
+        self.handshake = secure(self.sock, self.keys, self.address)
         self.sock.connect(self.address)
         self.requests = core.Requests()
         self.stream_handler: Any = None  # set by streams sharing this socket
@@ -102,6 +111,7 @@ class BusClient:
         self._rcvtimeo = -1  # the RCVTIMEO now set on the socket (ms)
 
     def close(self) -> None:
+        self.handshake.stop()
         self.sock.close(0)
 
     def request(
@@ -132,13 +142,15 @@ class BusClient:
                 if idle is not None and self._answered and time.monotonic() < full_deadline:
                     raise RequestForgotten(f"the broker stopped answering about request {rid}")
                 waited = timeout if self._answered else CONNECT_TIMEOUT
-                raise core.timeout_error(self.address, msg, waited, self._answered)
+                refused = None if self._answered else self.handshake.error()
+                raise refused or core.timeout_error(self.address, msg, waited, self._answered)
             self._answered, deadline = True, full_deadline
             if got.id != rid:
                 if self.stream_handler is not None:
                     self.stream_handler(got)
                 continue
-            heard = time.monotonic()
+            if idle is not None:
+                heard = time.monotonic()
             done, value = core.settle(got, progress)
             if done:
                 return value

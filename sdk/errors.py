@@ -180,6 +180,14 @@ class LimitExceeded(BadRequest):
     code = "limit"
 
 
+class NotAllowed(LabError):
+    """The caller's role (its CurveZMQ key in authorized_keys, docs/security.md) does not
+    allow this; ``details: {identity, role, action}``. Every refusal is in the audit journal."""
+
+    code = "not-allowed"
+    exit_code = 7
+
+
 def _all_subclasses(cls: type[LabError]) -> list[type[LabError]]:
     out: list[type[LabError]] = []
     for sub in cls.__subclasses__():

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from .client import events_address
+from .client import events_address, identity_metadata
 from .core import EventFilter
 from .errors import Timeout
+from .keys import apply as apply_keys
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -27,9 +28,15 @@ class EventStream:
         addr = events_address(lab.address, lab.hello()["events"])
         self.sock = lab.client.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.METADATA, identity_metadata())  # subscriptions count per identity
         self.sock.setsockopt(zmq.SUBSCRIBE, self.filter.prefix)
+        apply_keys(self.sock, lab.client.keys)  # the events XPUB is a CURVE server as the bus is
         self.sock.connect(addr)
-        self._sync()
+        try:
+            self._sync()
+        except BaseException:  # refused (limit) or never live: no socket left subscribed
+            self.sock.close(0)
+            raise
 
     def _sync(self, timeout: float = 5.0) -> None:
         """Wait until the subscription is live (ZeroMQ's slow joiner), so no event that

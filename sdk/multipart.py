@@ -60,6 +60,21 @@ def recv(sock: zmq.Socket[Any], flags: int = 0, copy: bool = True) -> list[Any]:
     return frames
 
 
+def recv_message(sock: zmq.Socket[Any], flags: int = 0, zero_copy: int = 65536) -> list[Any]:
+    """Receive one whole message as a labctl receiver wants it: bytes, except frames of
+    ``zero_copy`` bytes or more, which stay zmq.Frame (no copy; ``protocol.ZERO_COPY``).
+
+    The tag, type and header frames come as bytes, so decoding them needs no conversion;
+    a small payload would be copied to bytes later anyway (``StreamData.chunks``).
+    """
+    frame = _recv(sock, flags, False)
+    parts = [frame.bytes if len(frame) < zero_copy else frame]
+    while frame.more:
+        frame = _recv(sock, flags, False)
+        parts.append(frame.bytes if len(frame) < zero_copy else frame)
+    return parts
+
+
 def events(sock: zmq.Socket[Any]) -> int:
     """The socket's ``EVENTS`` bits (POLLIN/POLLOUT) as an int."""
     return _get(sock, EVENTS)  # type: ignore[return-value]  # an int for EVENTS

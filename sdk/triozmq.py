@@ -51,8 +51,10 @@ class TrioSocket:
         if self._waiting_for:
             self._ready(0)
 
-    async def _wait(self, flag: int) -> None:
-        if self._ready(flag):
+    async def _wait(self, flag: int, checked: bool = False) -> None:
+        """Sleep until the socket is ready for ``flag``; ``checked``: the caller has just
+        read EVENTS (it was not ready) and touched nothing since, so the edge is armed."""
+        if not checked and self._ready(flag):
             return
         while self._sleeper is not None:  # one task sleeps on the fd; others wait their turn
             await self._lot.park()
@@ -77,11 +79,31 @@ class TrioSocket:
                 self._lot.unpark_all()
 
     def recv_nowait(self, copy: bool = True) -> list[Any] | None:
-        """One message if one is ready, else None: lets a loop drain without waiting."""
+        """One message if one is ready, else None: lets a loop drain without waiting.
+
+        ``copy=False``: frames of 64 KiB or more come as zmq.Frame, without a copy; the
+        smaller ones (tag, type, header, most payloads) as bytes (``recv_message``)."""
         if not self._ready(_POLLIN):
             return None  # cheaper than provoking zmq.Again
+        return self.recv_woken(copy)
+
+    async def wait_readable(self) -> None:
+        """Sleep until a message may be ready. Only right after ``recv_nowait()`` returned
+        None: that read EVENTS, which re-armed the FD's edge; ``recv()`` reads it twice
+        more before it sleeps (per message a loop receives). May wake with nothing."""
+        await self._wait(_POLLIN, checked=True)
+
+    def recv_woken(self, copy: bool = True) -> list[Any] | None:
+        """``recv_nowait`` without reading EVENTS first: right after ``wait_readable()``
+        returned, the FD fired and a message is almost always there (two syscalls less).
+        None if there was none (the wake-up was for something else): then read EVENTS
+        (``recv_nowait``) before waiting again."""
         try:
-            frames = multipart.recv(self.sock, _NOBLOCK, copy)
+            frames = (
+                multipart.recv(self.sock, _NOBLOCK)
+                if copy
+                else multipart.recv_message(self.sock, _NOBLOCK)
+            )
         except zmq.Again:
             return None
         self._poke()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import pkgutil
 from typing import Any
 
 from labctl.errors import ConfigError
@@ -53,6 +52,8 @@ class Catalog:
 @functools.cache
 def catalog() -> Catalog:
     """Every kind package under ``labctl.services``, plus the ``labctl.drivers`` entry points."""
+    import pkgutil  # only here: a service loads its one driver without listing the kinds
+
     import labctl.services
 
     kinds: dict[str, Kind] = {}

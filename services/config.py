@@ -11,11 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from labctl.errors import ConfigError
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5550"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z"
+#: The config of models with NAME_PATTERN fields: the pattern is checked with Python's ``re``
+#: (loaded anyway); pydantic's default Rust regex engine adds 0.3 MB to every service process
+#: (DESIGN §13: an idle service's memory). ``\Z``, not ``$``: ``$`` also matches before a
+#: trailing newline in Python.
+NAMED = ConfigDict(extra="forbid", regex_engine="python-re")
 
 
 class DeviceEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = NAMED
     name: str = Field(pattern=NAME_PATTERN)
     labels: dict[str, str] = {}
     config: dict[str, Any] = {}
@@ -28,7 +33,7 @@ class DeviceEntry(BaseModel):
 
 
 class ServiceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = NAMED
     service: str = Field(pattern=NAME_PATTERN)
     kind: str
     driver: str
@@ -40,11 +45,29 @@ class ServiceConfig(BaseModel):
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
     on_release: Literal["reset", "keep"] = "reset"
     heartbeat: float | None = Field(default=None, gt=0)
+    # CURVE (docs/security.md): this service's .key_secret and the broker's public key
+    # (Z85 or a .key path), paths relative to the config file; else LABCTL_KEY/_BROKER_KEY
+    key: str | None = None
+    broker_key: str | None = None
 
     @field_validator("labels", mode="before")
     @classmethod
     def _stringify(cls, v: Any) -> Any:
         return {str(k): str(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    def client_keys(self, source: str) -> Any:
+        """The CURVE keys to dial with (``labctl.keys.ClientKeys``), or None to run open;
+        ConfigError naming ``source`` if a key is missing or unreadable."""
+        from labctl.keys import client_keys
+
+        base = Path(source).parent
+        key = self.key
+        if key is None and (base / f"{self.service}.key_secret").exists():
+            key = f"{self.service}.key_secret"  # the service's own key, beside its config
+        try:
+            return client_keys(self.broker_key, key, base)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc.message}") from None
 
     def device_entries(self) -> list[DeviceEntry]:
         """The devices to register: the list, or one device named by `name` or `service`."""
@@ -71,6 +94,10 @@ class BrokerSection(BaseModel):
     group_label: str = "dut"
     dashboard: str | None = None
     forget_offline_after: str | float | None = None
+    # docs/security.md: CURVE on loopback too; no keys beyond loopback; who may connect
+    curve: bool = False
+    insecure: bool = False
+    authorized_keys: str | None = None
 
     @field_validator("lease_grace", "forget_offline_after")
     @classmethod
@@ -90,7 +117,7 @@ class BrokerSection(BaseModel):
 class SimulatorEntry(BaseModel):
     """A lab file's ``simulators[i]``: a process started (and restarted) beside the lab."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = NAMED
     name: str = Field(pattern=NAME_PATTERN)
     command: list[str] = Field(min_length=1)
 

@@ -39,6 +39,10 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 
 def preload(kinds_drivers: list[str]) -> None:
     """Import the runtime and each ``kind:driver`` the lab will run."""
+    import pwd  # noqa: F401  (getpass.getuser(), at registration)
+
+    from labctl import client  # noqa: F401  (the broker address and keys, read at start)
+
     from . import launch  # noqa: F401  (the runtime, config models, logging)
     from .catalog import load_driver
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import getpass
 import inspect
-import math
 import os
 import socket
 import time
@@ -32,6 +31,7 @@ from labctl.errors import (
     MethodNotFound,
     ProtocolError,
 )
+from labctl.keys import secure
 from labctl.protocol import Message
 from labctl.triozmq import TrioSocket
 
@@ -48,8 +48,9 @@ class BrokerLost(Exception):
     """The broker went silent or forgot us: reconnect and register again."""
 
 
-#: a driver call ready to run: request id, bound method, args, kwargs, its cancel scope, device
-_Call = tuple[Any, Any, list[Any], dict[str, Any], trio.CancelScope, str]
+#: a driver call ready to run: request id, bound method, args, kwargs, the caller's timeout
+#: (None: none), device, whether it mutates
+_Call = tuple[Any, Any, list[Any], dict[str, Any], float | None, str, bool]
 
 
 @types.coroutine
@@ -112,6 +113,7 @@ class ServiceRuntime:
     def __init__(self, cfg: ServiceConfig, source: str = "<config>") -> None:
         self.cfg = cfg
         self.address = cfg.broker_address()
+        self.keys = cfg.client_keys(source)  # CURVE keys, or None to run open
         self.zctx = zmq.Context.instance()
         self.drivers = build_drivers(cfg, source, self)
         self.methods = {name: exported_methods(d) for name, d in self.drivers.items()}
@@ -205,6 +207,7 @@ class ServiceRuntime:
         raw.setsockopt(zmq.LINGER, 0)
         raw.setsockopt(zmq.SNDHWM, 10000)
         raw.setsockopt(zmq.RCVHWM, 10000)
+        self._handshake = secure(raw, self.keys, self.address)  # says why no welcome came
         raw.connect(self.address)
         self.sock = sock = TrioSocket(raw)
         self.registered = trio.Event()
@@ -220,13 +223,15 @@ class ServiceRuntime:
             self.streams.clear()
             self.registered = trio.Event()
             self.sock = None
+            self._handshake.stop()
             sock.close()
 
     async def _heartbeats(self) -> None:
         with trio.move_on_after(self.heartbeat * self.liveness):
             await self.registered.wait()
         if not self.registered.is_set():
-            raise BrokerLost(f"no welcome from the broker at {self.address}")
+            why = self._handshake.explain()  # a refused or missing key: say so, keep retrying
+            raise BrokerLost(why or f"no welcome from the broker at {self.address}")
         while True:
             await trio.sleep(self.heartbeat)
             silent = time.monotonic() - self._last_heard
@@ -237,33 +242,83 @@ class ServiceRuntime:
 
     async def _receive_loop(self, sock: TrioSocket, nursery: trio.Nursery) -> None:
         """Take every message that is ready, then wait. A driver call runs right here:
-        one that completes without suspending costs no task and no trip through the
-        scheduler (issue 8.5). One that suspends goes on in this task while a new task
-        takes over receiving (``_call_inline``); this one ends with its call."""
+        one that completes without suspending costs no task, no cancel scope and no trip
+        through the scheduler (issue 8.5). One that suspends goes on in this task while a
+        new task takes over receiving; this one ends with its call.
+
+        The cancel scope is entered before anything runs, so it can become the scope of
+        the call this task ends with: its deadline and lease-end cancel are set when the
+        call first suspends. A scope entered only then would nest inside any scope the
+        driver opened before suspending, and trio refuses scopes closed out of order."""
+        scope = trio.CancelScope()
+        ran: list[_Call] = []  # the call that suspended, which this task ends with
+        try:
+            with scope:
+                await self._receive(sock, nursery, scope, ran)
+        finally:
+            if ran:
+                self._mutating.get(ran[0][5], set()).discard(scope)  # [5]: its device
+        if ran and scope.cancelled_caught:
+            rid, _fn, _args, _kwargs, timeout, device, _mutating = ran[0]
+            if timeout is None or scope in self._revoked:  # no timeout: a lease end
+                self._revoked.discard(scope)
+                err = LeaseNotFound("the lease ended while the call ran")
+                self._reply_error(rid, err, device, None)
+            else:
+                log.warning("call cancelled after its timeout", device=device)
+
+    async def _receive(
+        self, sock: TrioSocket, nursery: trio.Nursery, scope: trio.CancelScope, ran: list[_Call]
+    ) -> None:
+        """Receive and act until a driver call suspends (it goes into ``ran``); then finish
+        that call and return."""
+        recv, handle = sock.recv_nowait, self._handle
+        n = 0
         while True:
-            frames: list[Any] | None = await sock.recv(copy=False)  # payloads: no copy
-            for left in range(255, -1, -1):  # at most 256, then recv() checkpoints
-                assert frames is not None
-                call = self._handle(frames, nursery)
-                if call is not None and await self._call_inline(call, sock, nursery):
-                    return
-                if not left:
-                    break
-                frames = sock.recv_nowait(copy=False)
+            frames = recv(copy=False)  # payloads: no copy
+            if frames is None:
+                n = 0
+                await sock.wait_readable()  # recv_nowait just read EVENTS: no second look
+                frames = sock.recv_woken(copy=False)
                 if frames is None:
-                    break
+                    continue
+            call = handle(frames, nursery)
+            if call is not None and await self._call_inline(call, sock, nursery, scope, ran):
+                return
+            n += 1
+            if n == 256:  # a flood: let the other tasks run
+                n = 0
+                await trio.lowlevel.checkpoint()
 
-    async def _call_inline(self, call: _Call, sock: TrioSocket, nursery: trio.Nursery) -> bool:
-        """Run ``call`` in this task; True if it suspended (another task receives now)."""
-        handed_off = False
+    async def _call_inline(
+        self,
+        call: _Call,
+        sock: TrioSocket,
+        nursery: trio.Nursery,
+        scope: trio.CancelScope,
+        ran: list[_Call],
+    ) -> bool:
+        """Run ``call`` in this task; True if it suspended (then it is in ``ran``, another
+        task receives now, and ``scope`` is the call's: its deadline is the caller's
+        timeout, a lease end cancels it if it mutates). Its reply (or error) is sent unless
+        the scope cancelled it."""
+        rid, fn, args, kwargs, timeout, device, mutating = call
 
-        def hand_off() -> None:
-            nonlocal handed_off
-            handed_off = True
+        def on_suspend() -> None:
+            ran.append(call)
+            if timeout is not None:  # nobody waits for the answer past the caller's timeout
+                scope.deadline = trio.current_time() + timeout
+            if mutating:  # a lease end cancels it (``__reset__``)
+                self._mutating.setdefault(device, set()).add(scope)
             nursery.start_soon(self._receive_loop, sock, nursery)
 
-        await self._run_call(*call, on_suspend=hand_off)
-        return handed_off
+        try:
+            result = await stepped(fn(*args, **kwargs), on_suspend)
+        except Exception as exc:
+            self._reply_error(rid, exc, None, getattr(fn, "__name__", "?"))
+        else:
+            self._reply(rid, result)
+        return bool(ran)
 
     def _handle(self, frames: list[Any], nursery: trio.Nursery) -> _Call | None:
         """Act on one message; a driver call to run is returned, not run."""
@@ -336,17 +391,8 @@ class ServiceRuntime:
             args, kwargs = req.arguments()
             if sig is not None or args or kwargs:  # a method without parameters needs no bind
                 self._check_args(device, method, sig or inspect.signature(fn), args, kwargs)  # type: ignore[arg-type]
-            if is_async:
-                timeout = req.timeout
-                # one cancel scope: its deadline is the caller's timeout, and a lease end
-                # cancels it (mutating calls only)
-                if isinstance(timeout, (int, float)) and timeout > 0:
-                    scope = trio.CancelScope(deadline=trio.current_time() + timeout)
-                else:
-                    scope = trio.CancelScope()
-                if mutating:
-                    self._mutating.setdefault(device, set()).add(scope)  # type: ignore[arg-type]
-                return (rid, fn, args, kwargs, scope, device)  # type: ignore[return-value]
+            if is_async:  # Request.parse made the timeout a number > 0, or None
+                return (rid, fn, args, kwargs, req.timeout, device, mutating)  # type: ignore[return-value]
             self._reply(rid, fn(*args, **kwargs))
         except Exception as exc:
             self._reply_error(rid, exc, device, method)
@@ -374,39 +420,6 @@ class ServiceRuntime:
         device: str, method: str, sig: inspect.Signature, args: list[Any], kwargs: dict[str, Any]
     ) -> None:
         fields.bind_call(f"{device}.{method}", sig, args, kwargs)  # arity and plain types
-
-    async def _run_call(
-        self,
-        rid: Any,
-        fn: Any,
-        args: list[Any],
-        kwargs: dict[str, Any],
-        scope: trio.CancelScope,
-        device: str,
-        on_suspend: Callable[[], None] | None = None,
-    ) -> None:
-        """Run one call; past the caller's timeout it is cancelled (nobody waits any more),
-        and a mutating call is cancelled when its lease ends (``__reset__``).
-        ``on_suspend`` is called when the call first suspends (see ``stepped``)."""
-        revoked = scope.deadline == math.inf  # no timeout: any cancel is a lease end
-        try:
-            with scope:
-                coro = fn(*args, **kwargs)
-                result = await (coro if on_suspend is None else stepped(coro, on_suspend))
-            if scope.cancelled_caught:
-                if revoked or scope in self._revoked:
-                    self._revoked.discard(scope)
-                    err = LeaseNotFound("the lease ended while the call ran")
-                    self._reply_error(rid, err, device, None)
-                else:
-                    log.warning("call cancelled after its timeout", device=device)
-                return
-        except Exception as exc:
-            self._reply_error(rid, exc, None, getattr(fn, "__name__", "?"))
-            return
-        finally:
-            self._mutating.get(device, set()).discard(scope)
-        self._reply(rid, result)
 
     async def _run_reset(self, drv: Driver, rid: Any = None) -> None:
         """Reset after a lease end; answered when the broker gave an id (PROTOCOL.md §8):

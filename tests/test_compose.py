@@ -185,8 +185,8 @@ def test_broker_publishes_bus_events_and_dashboard_on_loopback_only(
 ) -> None:
     broker = model["services"]["broker"]
     cmd = broker["command"]
-    assert cmd[:3] == ["labctl", "broker", "run"]
-    flags = dict(zip(cmd[3::2], cmd[4::2], strict=True))
+    assert cmd[:4] == ["labctl", "broker", "run", "--insecure"]  # no keys: docs/security.md
+    flags = dict(zip(cmd[4::2], cmd[5::2], strict=True))
     assert flags["--bus"] == "tcp://0.0.0.0:5550" and flags["--events"] == "tcp://0.0.0.0:5551"
     assert flags["--state"] == "/state" and flags["--dashboard"] == "0.0.0.0:8780"
     assert {(p["host_ip"], p["target"]) for p in broker["ports"]} == {

@@ -44,6 +44,7 @@ async def serve_dashboard(
         from hypercorn.trio import serve
 
         from labctl.aio import AsyncLab
+        from labctl.broker.auth import insecure_addresses
 
         from .app import build_app
         from .fanout import Fanout
@@ -58,8 +59,10 @@ async def serve_dashboard(
     config.errorlog = None  # structlog reports what matters; hypercorn's own log is noise
     config.graceful_timeout = 0.5
     config.websocket_ping_interval = 20.0  # a dead page's socket is noticed and closed
-    async with AsyncLab(loopback(broker.bus_endpoint)) as lab:
+    keys = broker.curve.viewer_keys() if broker.curve else False  # CURVE: an in-memory viewer
+    async with AsyncLab(loopback(broker.bus_endpoint), keys=keys) as lab:
         view = LabView(lab)
+        view.insecure = insecure_addresses(broker.settings)  # a warning on every page
         fanout = Fanout(view)
         app = build_app(view, fanout, broker.metrics)
         async with trio.open_nursery() as nursery:

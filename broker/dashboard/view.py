@@ -62,6 +62,7 @@ class LabView:
         self.leases: list[dict[str, Any]] = []
         self.queue: list[dict[str, Any]] = []
         self.storage: dict[str, Any] = {}  # the broker's state disk (``hello``): full?
+        self.insecure: list[str] = []  # addresses served beyond loopback without keys
         self.tail: deque[dict[str, Any]] = deque(maxlen=TAIL)
         self.status_history: dict[str, deque[dict[str, Any]]] = {}
         self.device_events: dict[str, deque[dict[str, Any]]] = {}
@@ -80,6 +81,7 @@ class LabView:
             "leases": self.leases,
             "queue": self.queue,
             "storage": self.storage,
+            "insecure": self.insecure,
         }
 
     def snapshot_json(self) -> str:

@@ -111,10 +111,17 @@ class CanBridge:
             except BaseException as exc:  # the bus broke: tell trio, end the thread
                 failure.append(exc)
 
-        try:
-            await trio.to_thread.run_sync(reader, abandon_on_cancel=True)
-        finally:
-            stop.set()
+        async def stop_when_cancelled() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                stop.set()  # the reader sees it within 0.1 s
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_when_cancelled)
+            # not abandoned on cancel: the thread is joined before run() returns
+            await trio.to_thread.run_sync(reader, abandon_on_cancel=False)
+            nursery.cancel_scope.cancel()  # it ended by itself: the bus failed
         if failure:
             raise failure[0]
 

@@ -85,6 +85,7 @@ function receive(msg) {
     state.leases = msg.leases;
     state.queue = msg.queue;
     showStorage(msg.storage);
+    if (msg.insecure) $("#insecure").hidden = !msg.insecure.length;  // --insecure: say so
     if (msg.type === "snapshot") {
       state.events = msg.events.slice(-TAIL);
       state.missed = 0;
