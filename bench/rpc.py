@@ -9,7 +9,8 @@ Rounds of floor and labctl calls alternate; the ratio is taken per round and its
 reported beside the pooled p50s (and the spread of the round ratios). Then, in a batch of
 its own, cProfile counts the Python function calls per RPC in the client, the broker and
 the service (the broker and service run under bench/profiled.py, switched on and off by
-signals). Also the wall time of `labctl power on DEVICE` (one-shot: lease, call, release)
+signals; what they do on their own meanwhile, timers, is measured in an idle window and
+subtracted). Also the wall time of `labctl power on DEVICE` (one-shot: lease, call, release)
 and of `labctl --help`.
 
 ``--parts`` also times, in the same interleaved rounds, the labctl broker with a blocking
@@ -200,29 +201,52 @@ def start_profiled(h: Any, name: str, argv: list[str]) -> tuple[Proc, Path]:
 
 
 def calls_per_rpc(fn: Any, n: int, procs: dict[str, tuple[Proc, Path]]) -> dict[str, float]:
-    """Function calls per ``fn()`` in this process and in each profiled process."""
-    for proc, _ in procs.values():
-        os.kill(proc.pid, signal.SIGUSR1)
-    time.sleep(0.3)  # the handlers run when each process next wakes (a heartbeat at most)
-    fn()  # wakes them all
+    """Function calls per ``fn()`` in this process and in each profiled process.
+
+    A profiled process also runs timers (heartbeats, housekeeping, key reloads) while the
+    batch runs: an idle window first measures that rate, and the batch's share of it is
+    subtracted, so the number is the RPC's own (raw counts vary with the timers' phase).
+    """
+    idle, idle_s = _profile_window(procs, lambda: time.sleep(1.0))
     prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(n):
-        fn()
-    prof.disable()
-    for proc, stats in procs.values():
-        stats.unlink(missing_ok=True)
-        os.kill(proc.pid, signal.SIGUSR2)
+
+    def batch() -> None:
+        time.sleep(0.3)  # the handlers run when each process next wakes (a heartbeat at most)
+        fn()  # wakes them all
+        prof.enable()
+        for _ in range(n):
+            fn()
+        prof.disable()
+
+    busy, busy_s = _profile_window(procs, batch)
     out = {"client": pstats.Stats(prof).total_calls / n}  # type: ignore[attr-defined]
     if os.environ.get("LABCTL_BENCH_PROFILES"):
         prof.dump_stats(Path(os.environ["LABCTL_BENCH_PROFILES"]) / "client.prof")
+    for name in procs:
+        out[name] = (busy[name] - idle[name] * busy_s / idle_s) / (n + 1)
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def _profile_window(
+    procs: dict[str, tuple[Proc, Path]], during: Any
+) -> tuple[dict[str, int], float]:
+    """Profile the processes while ``during()`` runs: their call counts and the seconds."""
+    t0 = time.perf_counter()
+    for proc, _ in procs.values():
+        os.kill(proc.pid, signal.SIGUSR1)
+    during()
+    for proc, stats in procs.values():
+        stats.unlink(missing_ok=True)
+        os.kill(proc.pid, signal.SIGUSR2)
+    seconds = time.perf_counter() - t0
+    counts = {}
     for name, (_, stats) in procs.items():
         wait_until(stats.exists, 10, f"{name} profile")
         time.sleep(0.1)  # written in one go; let it finish
-        out[name] = pstats.Stats(str(stats)).total_calls / (n + 1)  # type: ignore[attr-defined]
+        counts[name] = pstats.Stats(str(stats)).total_calls  # type: ignore[attr-defined]
         if os.environ.get("LABCTL_BENCH_PROFILES"):  # keep them: pstats / snakeviz
             shutil.copy(stats, Path(os.environ["LABCTL_BENCH_PROFILES"]) / stats.name)
-    return {k: round(v, 1) for k, v in out.items()}
+    return counts, seconds
 
 
 def run(calls: int, transport: str, parts: bool = False) -> dict[str, Any]:

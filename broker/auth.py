@@ -14,6 +14,7 @@ reload: CURVE authenticates connections, not messages.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import threading
@@ -37,6 +38,8 @@ ROLES = ("admin", "user", "service", "viewer")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27
 RELOAD_CHECK = 1.0  # seconds between mtime checks of authorized_keys
 LOG_REFUSALS = 20  # refused keys logged a minute, at most (the rest are counted)
+TRIM_AFTER_REFUSALS = 500  # refused handshakes between two heap trims
+DASHBOARD = "dashboard"  # the identity of the dashboard's in-memory viewer key
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ def _entry(raw: Any, where: str, base: Path) -> KeyEntry:
     if not isinstance(identity, str) or not identity.strip() or not identity.isprintable():
         raise ConfigError(f"{where}: identity: required, a printable name (like alice)")
     where = f"{where} ({identity})"
+    if identity.strip() == DASHBOARD:
+        raise ConfigError(f"{where}: identity: {DASHBOARD!r} is the dashboard's own (in memory)")
     if ("key" in raw) == ("key_file" in raw):
         raise ConfigError(f"{where}: give exactly one of key (Z85 text) or key_file (a .key)")
     if "key" in raw:
@@ -232,19 +237,34 @@ class AuthorizedKeys:
         log.warning("refused a key that is not in authorized_keys", key=key, address=address)
 
     async def watch(self) -> None:
-        """Reload on change (checked every second) and on SIGHUP, until cancelled."""
+        """Reload on change (checked every second) and on SIGHUP, until cancelled; give
+        back the heap refused handshakes leave behind (libzmq's per-connection buffers, in
+        its I/O thread's arena), which no handled message would ever trim."""
+        trimmed = 0
         async with trio.open_nursery() as nursery:
             if threading.current_thread() is threading.main_thread():
                 nursery.start_soon(self._on_sighup)
             while True:
                 await trio.sleep(RELOAD_CHECK)
                 self.check()
+                if self.refused - trimmed >= TRIM_AFTER_REFUSALS:
+                    trimmed = self.refused
+                    _malloc_trim()
 
     async def _on_sighup(self) -> None:
         with trio.open_signal_receiver(signal.SIGHUP) as signals:
             async for _ in signals:
                 log.info("SIGHUP: reloading authorized_keys", path=str(self.path))
                 self.reload()
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
 
 
 # -- the ZAP handler ---------------------------------------------------------------------------
@@ -265,7 +285,10 @@ class ZapHandler:
         self._stop_address = f"inproc://labctl-zap-stop-{id(self)}"
         self._ready = threading.Event()
         self._error: Exception | None = None
-        self._thread = threading.Thread(target=self._run, name="labctl-zap", daemon=True)
+        context = contextvars.copy_context()  # its log lines carry the process's fields
+        self._thread = threading.Thread(
+            target=context.run, args=(self._run,), name="labctl-zap", daemon=True
+        )
         self._thread.start()
         self._ready.wait()
         if self._error is not None:
@@ -395,7 +418,7 @@ class CurveServer:
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
         sock.setsockopt(zmq.ZAP_DOMAIN, self.domain.encode())
 
-    def viewer_keys(self, identity: str = "dashboard") -> keys.ClientKeys:
+    def viewer_keys(self, identity: str = DASHBOARD) -> keys.ClientKeys:
         """An in-memory key pair with the viewer role (the dashboard's)."""
         pair = keys.ClientKeys.generated(self.public)
         self.table.add_memory(KeyEntry(identity, "viewer", (), pair.public.decode()))

@@ -74,7 +74,7 @@ def keys_show(key: str | None, role: str | None, identity: str | None) -> None:
     if role is None:
         click.echo(public)
         return
-    who = identity or path.name.partition(".")[0]
+    who = identity or path.name.removesuffix(".key_secret").removesuffix(".key")
     click.echo(f'- key: "{public}"\n  identity: {who}\n  role: {role}')
     if role == "service":
         click.echo(f'  devices: ["{who}*"]   # the names or globs it may register')

@@ -121,7 +121,8 @@ def broker() -> None:
     "--dashboard",
     default=None,
     metavar="HOST:PORT",
-    help="Serve the read-only dashboard there (e.g. 127.0.0.1:8780; docs/dashboard.md).",
+    help="Serve the read-only dashboard there (e.g. 127.0.0.1:8780; docs/dashboard.md) "
+    "[default: off].",
 )
 @click.option(
     "--forget-offline-after",
@@ -180,7 +181,7 @@ def broker_run(
         heartbeat=heartbeat,
         lease_grace=parse_duration(lease_grace),
         group_label=group_label,
-        dashboard=dashboard,
+        dashboard=dashboard_address(dashboard, "--dashboard") if dashboard else None,
         forget_offline_after=(
             parse_duration(forget_offline_after) if forget_offline_after else None
         ),
@@ -189,6 +190,19 @@ def broker_run(
         authorized_keys=Path(authorized_keys) if authorized_keys else None,
     )
     run_until_signal(run_broker, settings)
+
+
+def dashboard_address(value: str, what: str) -> str | None:
+    """``HOST:PORT``, ``:PORT`` or ``PORT`` as given; None for ``off``; else a one-line error."""
+    from labctl.errors import ConfigError
+
+    value = value.strip()
+    if value.lower() in ("off", "none", "false", "no", ""):
+        return None
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or int(port) > 65535 or (":" in host and not host.startswith("[")):
+        raise ConfigError(f"invalid {what} {value!r}: write HOST:PORT, :PORT, PORT or off")
+    return value
 
 
 def default_state_dir() -> Any:
@@ -277,8 +291,11 @@ def lab_up(
         if key in broker_settings:
             broker_settings[key] = normalize_address(str(broker_settings[key]), f"{key} address")
     broker_settings.setdefault("dashboard", "127.0.0.1:8780")
-    if str(broker_settings["dashboard"]).lower() in ("off", "none", "false", ""):
+    listen = dashboard_address(str(broker_settings["dashboard"]), "dashboard address")
+    if listen is None:
         del broker_settings["dashboard"]
+    else:
+        broker_settings["dashboard"] = listen
     run_until_signal(run_lab, lab_spec, state_dir)
 
 

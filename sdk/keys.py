@@ -186,9 +186,10 @@ _TELLING: list[int] = [  # most telling first
 class HandshakeWatch:
     """What the socket's handshakes said, read only when a connect or request times out.
 
-    A socket monitor (an inproc PAIR fed by libzmq's I/O thread) costs nothing per message;
-    ``explain`` drains it without blocking and turns the latest failure into the one line
-    the user needs. ``stop`` once the broker has answered: from then on it is not needed.
+    A socket monitor (an inproc PAIR fed by libzmq's I/O thread, handshake events only)
+    costs nothing per message; ``explain`` drains it without blocking and turns what failed
+    since the last good handshake into the one line the user needs. ``stop`` before the
+    socket closes.
     """
 
     def __init__(self, sock: zmq.Socket[Any], keys: ClientKeys | None, address: str) -> None:
@@ -220,15 +221,14 @@ class HandshakeWatch:
             return None
         event = min(self._failures, key=lambda e: _TELLING.index(e) if e in _TELLING else 9)
         where = f"the broker at {self.address}"
+        if self.keys is None:  # an open broker never fails a NULL handshake
+            return f"{where} requires CURVE keys: see `labctl keys` ({BROKER_KEY_ENV}, {KEY_ENV})"
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            assert self.keys is not None
             key = self.keys.public.decode()
             return (
                 f"{where} refused key {key}: not authorized"
                 " (ask the lab admin to add it to the broker's authorized_keys)"
             )
-        if self.keys is None:  # an open broker never fails a NULL handshake
-            return f"{where} requires CURVE keys: see `labctl keys` ({BROKER_KEY_ENV}, {KEY_ENV})"
         if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             return f"{where} does not speak CURVE (it runs open): unset {BROKER_KEY_ENV}"
         return (

@@ -81,6 +81,9 @@ def test_killed_service_goes_offline_and_calls_fail_clearly(harness: LabHarness)
     harness.start_broker()
     svc = harness.start_service(power_service("pdu9", outlets=1))
     lab = harness.lab()
+    # online comes with the REGISTER; a service killed before it says anything more is a
+    # drive-by whose devices are forgotten: wait for its first status (after the WELCOME)
+    wait_until(lambda: lab.devices("name=pdu9.1")[0]["status"] is not None, 10, "its status")
     with lab.event_stream("device.pdu9.1.online") as events:
         svc.kill(signal.SIGKILL)
         ev = events.wait_for("device.pdu9.1.online", lambda b: b["online"] is False, timeout=10)

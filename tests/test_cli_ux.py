@@ -15,7 +15,7 @@ from labctl.aio import AsyncLab
 from labctl.errors import LabError
 from labctl.lab import Lab
 
-from .harness import LabHarness, power_service
+from .harness import LabHarness, power_service, wait_until
 
 ACCEPTED = "write tcp://HOST:PORT, HOST:PORT (tcp), ipc://PATH or inproc://NAME"
 
@@ -184,3 +184,25 @@ def test_broker_and_lab_up_take_host_port_too_and_refuse_other_forms(workdir) ->
                       "--dashboard", "off", "--state", str(workdir / "s"))  # fmt: skip
     assert r.returncode == 2
     assert r.stderr == f"error: bus address tcp://127.0.0.1:{port} is in use (another lab?)\n"
+
+
+def test_a_dashboard_address_is_checked_and_a_taken_port_is_one_line(
+    tcp_harness: LabHarness,
+) -> None:
+    import socket
+
+    h = tcp_harness
+    r = h.run_cli("broker", "run", "--dashboard", "lab-host", "--state", str(h.root / "s"))
+    assert (r.returncode, r.stderr) == (
+        2,
+        "error: invalid --dashboard 'lab-host': write HOST:PORT, :PORT, PORT or off\n",
+    )
+    with socket.socket() as other:  # the port is taken: the broker serves on, and says why
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        broker = h.start_broker(extra=("--dashboard", f"127.0.0.1:{port}"))
+        wait_until(lambda: "dashboard not served" in broker.output(), 10, "the dashboard error")
+    assert "error='[Errno 98] Address already in use'" in broker.output()
+    with Lab(h.bus, timeout=5) as lab:
+        assert lab.devices() == []

@@ -69,7 +69,7 @@ async def serve_dashboard(
             try:
                 binds = await nursery.start(serve, app, config)
             except Exception as exc:  # the port is taken, the address is malformed
-                log.error("dashboard not served", listen=listen, error=str(exc))
+                log.error("dashboard not served", listen=listen, error=_first_cause(exc))
                 task_status.started([])
                 nursery.cancel_scope.cancel()
                 return
@@ -77,6 +77,13 @@ async def serve_dashboard(
             task_status.started(binds)
             nursery.start_soon(fanout.run)
             nursery.start_soon(_follow, view)
+
+
+def _first_cause(exc: BaseException) -> str:
+    """The error itself, not trio's "Exceptions from Trio nursery" group around it."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
 
 
 async def _follow(view: Any) -> None:

@@ -154,6 +154,7 @@ def test_keys_generate_writes_a_private_secret_and_show_prints_the_public_key(
         ({"key": "K", "identity": "a", "role": "user", "devices": ["x"]}, "devices: only a"),
         ({"key": "K", "identity": "a", "role": "user", "rol": 1}, "entry 1: rol: unknown"),
         ({"key": "K", "role": "user"}, "entry 1: identity: required"),
+        ({"key": "K", "identity": "dashboard", "role": "admin"}, "is the dashboard's own"),
     ],
 )
 def test_authorized_keys_errors_name_the_file_the_entry_and_the_field(
