@@ -12,6 +12,8 @@ libzmq applies none by itself; each one is read here and applied only within the
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -125,7 +127,8 @@ class Subscriptions:
     preferring identities that alone hold some other topic of the same batch. Per topic the
     counts stay exact; only which of several identities sharing a topic is charged may be
     swapped until their connections close. (libzmq itself keeps each connection's requested
-    topics until it closes, refused or not; a topic is at most ``MAX_TOPIC`` bytes.)
+    topics until it closes, refused or not; a topic is at most ``MAX_TOPIC`` bytes, and a
+    connection refused ``MAX_REFUSED_SUBSCRIPTIONS`` times is cut off: ``_count_refusal``.)
     """
 
     def __init__(
@@ -148,6 +151,11 @@ class Subscriptions:
         #: answers ``limit`` (the SDK subscribes its prefix, then that topic: refused too)
         self.refused_sync: dict[str, str] = {}
         self.warned: dict[str, float] = {}  # identity -> when its refusal was last logged
+        #: (descriptor, peer) -> subscriptions refused on that connection (_count_refusal)
+        self.refused_on: dict[tuple[int, str], int] = {}
+        self.max_refused = limits.MAX_REFUSED_SUBSCRIPTIONS
+        self.cut_off = 0  # connections cut off since start
+        self.handled = 0  # (un)subscriptions read; the broker's heap trim counts them
         self.parked = False
         self._due = False
 
@@ -196,26 +204,56 @@ class Subscriptions:
             topic = data[1:]
             who = self.who(frame)
             if data[0] == 1:
-                self._subscribe(who or "anonymous", topic)
+                if not self._subscribe(who or "anonymous", topic):
+                    self._count_refusal(frame, who or "anonymous")
             elif who:
                 self._unsubscribe(who, topic)
             else:  # libzmq's cleanup after a connection closed: no metadata, no pipe
                 cleanups.append(topic)
         if cleanups:
             self._cleanup(cleanups)
+        self.handled += n
         return n
 
     # -- accounting ---------------------------------------------------------------------
-    def _subscribe(self, who: str, topic: bytes) -> None:
+    def _subscribe(self, who: str, topic: bytes) -> bool:
+        """Apply it if within the limits; False if refused."""
         n = self.count.get(who, 0)
         if n >= self.maximum or self.total >= self.total_max:
             self._refuse(who, topic)
-            return
+            return False
         self.sock.setsockopt(zmq.SUBSCRIBE, topic)  # to the connection it came from
         self.count[who] = n + 1
         self.total += 1
         held = self.holders.setdefault(topic, {})
         held[who] = held.get(who, 0) + 1
+        return True
+
+    def _count_refusal(self, frame: Any, who: str) -> None:
+        """A connection that goes on asking past its limit is cut off: libzmq keeps every
+        topic a connection asked for (refused too) until it closes, and XPUB cannot close
+        one peer, so its socket is shut down (``shutdown``, never ``close``: the descriptor
+        stays libzmq's) and libzmq drops the connection and all it held."""
+        try:
+            fd = frame.get(zmq.SRCFD)  # the connection's socket (deprecated, still served)
+            with socket.socket(fileno=os.dup(fd)) as conn:
+                key = (fd, str(conn.getpeername()))  # a reused descriptor is a new peer
+                n = self.refused_on.get(key, 0) + 1
+                if n < self.max_refused:
+                    if len(self.refused_on) > 10_000:
+                        self.refused_on.clear()
+                    self.refused_on[key] = n
+                    return
+                self.refused_on.pop(key, None)
+                conn.shutdown(socket.SHUT_RDWR)
+        except (zmq.ZMQError, OSError, ValueError):
+            return  # gone already, or not a socket we can see: nothing to cut
+        self.cut_off += 1
+        log.warning(
+            "events connection cut off: it kept subscribing past its limit",
+            identity=who,
+            refused=n,
+        )
 
     def _unsubscribe(self, who: str, topic: bytes) -> None:
         """An unsubscription from a live connection (its own metadata)."""
@@ -283,7 +321,7 @@ class Subscriptions:
 
     def status(self) -> dict[str, int]:
         return {"total": self.total, "identities": len(self.count), "refused": self.refused,
-                "max": self.maximum}  # fmt: skip
+                "max": self.maximum, "cut_off": self.cut_off}  # fmt: skip
 
 
 def _take(

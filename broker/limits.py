@@ -21,6 +21,8 @@ MAX_WAITERS = 64  # queued lease requests of one identity
 MAX_DEVICES = 4096  # devices one service registers
 MAX_SUBSCRIPTIONS = 1024  # event subscriptions (topic prefixes) of one identity
 MAX_SUBSCRIPTIONS_TOTAL = 100_000  # event subscriptions of everyone together
+MAX_REFUSED_SUBSCRIPTIONS = 1024  # refused on one connection: then it is cut off (libzmq
+#                                   keeps every topic a connection asked for until it closes)
 MAX_TOPIC = 1024  # bytes of one subscription (XPUB MAXMSGSIZE: a longer one drops the peer)
 MAX_STREAM_CREDIT = 8 << 20  # bytes in flight per stream direction (2x the largest SDK window)
 

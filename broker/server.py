@@ -291,6 +291,9 @@ class Broker:
             self.leases.queue.remind()
             self.events_hub.flush()
             self.store.recover()  # a full disk: has space come back?
+            subscriptions = self.events_hub.subscriptions
+            self.heap.handled += subscriptions.handled  # a subscription flood leaves heap too
+            subscriptions.handled = 0
             self.heap.tick()
             self._storage_changed()
             if wall - self._pruned > 3600:

@@ -73,6 +73,28 @@ def test_a_peer_subscribing_past_its_limit_stays_bounded_and_others_still_get_ev
     assert log.count("event subscription refused") == 1, "logged once per identity"
 
 
+def test_a_connection_that_keeps_subscribing_past_its_limit_is_cut_off(lab1: LabHarness) -> None:
+    """libzmq keeps every topic a connection asked for, refused ones too, until it closes:
+    past MAX_REFUSED_SUBSCRIPTIONS refusals the broker shuts that connection down."""
+    lab = lab1.lab()
+    hostile = _subscriber(lab1)
+    hostile.setsockopt(zmq.RECONNECT_IVL, -1)  # stay cut off (an attacker may come back: again)
+    asked = limits.MAX_SUBSCRIPTIONS + limits.MAX_REFUSED_SUBSCRIPTIONS + 10
+    try:
+        for i in range(asked):
+            hostile.setsockopt(zmq.SUBSCRIBE, b"device.h%d." % i)
+        wait_until(lambda: _subscriptions(lab)["cut_off"] == 1, 20, "the connection cut off")
+        # its connection is gone: libzmq's cleanup releases what it held
+        wait_until(lambda: _subscriptions(lab)["total"] == 0, 20, "subscriptions released")
+        with EventStream(lab, "device.*") as events:  # the broker serves everyone else on
+            lab.set_health("pdu1.1", "maintenance", "t")
+            assert events.wait_for("device.pdu1.1.health", timeout=10)["body"]["health"]
+    finally:
+        hostile.close(0)
+    log = (lab1.root / "broker.log").read_text()
+    assert log.count("events connection cut off") == 1
+
+
 def test_an_sdk_subscription_over_the_identitys_limit_fails_with_a_limit_error(
     lab1: LabHarness,
 ) -> None:
