@@ -40,6 +40,7 @@ RELOAD_CHECK = 1.0  # seconds between mtime checks of authorized_keys
 LOG_REFUSALS = 20  # refused keys logged a minute, at most (the rest are counted)
 TRIM_AFTER_REFUSALS = 500  # refused handshakes between two heap trims
 DASHBOARD = "dashboard"  # the identity of the dashboard's in-memory viewer key
+LAB_SERVICES = "lab-services"  # the identity of `lab up`'s own services (--services-key)
 
 
 @dataclass(frozen=True)
@@ -417,6 +418,12 @@ class CurveServer:
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
         sock.setsockopt(zmq.ZAP_DOMAIN, self.domain.encode())
+
+    def authorize_services(self, public_file: Path) -> None:
+        """Authorize a key (a ``.key`` file) in memory as role service for any device name:
+        ``lab up``'s own services, whose key it keeps in the state directory."""
+        key = keys.public_key(str(public_file)).decode()
+        self.table.add_memory(KeyEntry(LAB_SERVICES, "service", ("*",), key))
 
     def viewer_keys(self, identity: str = DASHBOARD) -> keys.ClientKeys:
         """An in-memory key pair with the viewer role (the dashboard's)."""

@@ -118,6 +118,8 @@ class Broker:
         router.setsockopt(zmq.MAXMSGSIZE, 2 * self.settings.max_payload)
         if self.auth is not None:  # CURVE: a key not in authorized_keys never gets a frame in
             self.curve = auth.CurveServer(self.ctx, self.settings.state, self.auth)
+            if self.settings.services_key is not None:
+                self.curve.authorize_services(self.settings.services_key)
             self.curve.serve(router)
         router.bind(self.settings.bus)
         self.bus_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)

@@ -29,6 +29,9 @@ class BrokerSettings:
     insecure: bool = False
     #: the authorized_keys file (default: <state>/authorized_keys.yaml)
     authorized_keys: Path | None = None
+    #: a public key file authorized in memory as role service for any name: `lab up`'s own
+    #: services when its broker runs CURVE
+    services_key: Path | None = None
 
 
 @dataclass(slots=True)

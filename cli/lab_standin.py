@@ -21,6 +21,7 @@ import zmq
 
 from labctl import __version__, protocol
 from labctl.errors import ProtocolError
+from labctl.keys import apply
 from labctl.services.config import ServiceConfig
 from labctl.triozmq import TrioSocket
 
@@ -42,11 +43,12 @@ def registration(cfg: ServiceConfig) -> protocol.Register:
                              pid=os.getpid(), user=getpass.getuser(), version=__version__)  # fmt: skip
 
 
-async def stand_in(cfg: ServiceConfig, address: str, reason: str) -> None:
+async def stand_in(cfg: ServiceConfig, address: str, reason: str, keys: Any = None) -> None:
     """Hold ``cfg``'s devices offline with ``reason`` until cancelled (then DISCONNECT);
     until the broker welcomes it, keep registering (the caller's deadline ends that)."""
     raw: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
+    apply(raw, keys)  # CURVE keys (labctl.keys.ClientKeys), or None: open
     raw.connect(address)
     sock = TrioSocket(raw)
     registered = False

@@ -157,6 +157,7 @@ async def supervise_forked(
     log_fifo: str,
     output: ProcessOutput,
     bus: str,
+    keys: Any = None,
 ) -> None:
     """Like ``supervise``, for a service forked from the warmed fork server (see forkserver).
     While one that keeps failing waits for its next start, a stand-in registers its devices
@@ -186,7 +187,8 @@ async def supervise_forked(
         restart = trio.current_time() + backoff
         if watch.failing:
             with trio.move_on_at(restart):
-                await stand_in(cfg, bus, f"its service {name} keeps failing: {output.last_words()}")
+                why = f"its service {name} keeps failing: {output.last_words()}"
+                await stand_in(cfg, bus, why, keys)
         await trio.sleep_until(restart)
         backoff = min(backoff * 2, 30.0)
 
@@ -238,6 +240,9 @@ def check_addresses_free(broker: dict[str, Any]) -> None:
                 raise ConfigError(f"{what} address {address} {reason}") from None
 
 
+LAB_SERVICES_KEY = "lab-services"  # the key pair of lab up's own services, in the state dir
+
+
 def lab_runs_open(broker: dict[str, Any]) -> bool:
     """True if the lab's broker runs without CURVE (loopback, or ``insecure``)."""
     from labctl.broker.auth import is_loopback
@@ -247,6 +252,29 @@ def lab_runs_open(broker: dict[str, Any]) -> bool:
     bus = str(broker.get("bus", "tcp://127.0.0.1:5550"))
     events = str(broker.get("events", "tcp://127.0.0.1:5551"))
     return not broker.get("curve") and is_loopback(bus) and is_loopback(events)
+
+
+def lab_keys(broker: dict[str, Any], state_dir: Path) -> dict[str, str]:
+    """A lab whose broker runs CURVE: its services get a key of their own, kept in the
+    state directory and authorized by the broker as role service (``--services-key``); the
+    broker's key pair is made here first, so they know it. The environment they get."""
+    from labctl import keys
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("broker", LAB_SERVICES_KEY):
+        if not (state_dir / f"{name}.key_secret").exists():
+            keys.generate(name, state_dir)
+    broker["services_key"] = str(state_dir / f"{LAB_SERVICES_KEY}.key")
+    authorized = broker.get("authorized_keys") or state_dir / "authorized_keys.yaml"
+    log.info(
+        "CURVE on: people need their keys in authorized_keys (docs/security.md)",
+        broker_key=str(state_dir / "broker.key"),
+        authorized_keys=str(authorized),
+    )
+    return {
+        "LABCTL_KEY": str(state_dir / f"{LAB_SERVICES_KEY}.key_secret"),
+        "LABCTL_BROKER_KEY": str(state_dir / "broker.key"),
+    }
 
 
 async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
@@ -260,6 +288,13 @@ async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
     )
     if lab_runs_open(broker):  # the lab's own processes dial its open broker, whatever the
         env.pop("LABCTL_BROKER_KEY", None)  # shell says for another lab (docs/security.md)
+    else:
+        env.update(lab_keys(broker, state_dir))
+    stand_in_keys = None  # a stand-in registers a failing service's devices: with its key
+    if "LABCTL_BROKER_KEY" in env:
+        from labctl.keys import client_keys
+
+        stand_in_keys = client_keys(env["LABCTL_BROKER_KEY"], env.get("LABCTL_KEY"))
     with tempfile.TemporaryDirectory(prefix="labctl-lab-") as tmp:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(supervise, "broker", broker_argv(broker, str(state_dir)), env)
@@ -283,8 +318,9 @@ async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
                 nursery.start_soon(output.pump, stream)
                 cfg = parse_service_config(svc, svc["service"])
                 nursery.start_soon(
-                    supervise_forked, cfg, str(cfg_path), forks, fifo, output, env["LABCTL_BROKER"]
-                )
+                    supervise_forked, cfg, str(cfg_path), forks, fifo, output, env["LABCTL_BROKER"],
+                    stand_in_keys,
+                )  # fmt: skip
             log.info(
                 "lab up", broker=bus, services=len(lab.get("services", [])), state=str(state_dir)
             )

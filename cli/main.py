@@ -146,6 +146,7 @@ def broker() -> None:
     metavar="PATH",
     help="Who may connect (YAML) [default: STATE/authorized_keys.yaml].",
 )
+@click.option("--services-key", default=None, hidden=True)  # lab up's own services (CURVE)
 def broker_run(
     bus: str,
     events: str,
@@ -159,6 +160,7 @@ def broker_run(
     curve: bool,
     insecure: bool,
     authorized_keys: str | None,
+    services_key: str | None,
 ) -> None:
     """Run the broker in the foreground.
 
@@ -188,6 +190,7 @@ def broker_run(
         curve=curve,
         insecure=insecure,
         authorized_keys=Path(authorized_keys) if authorized_keys else None,
+        services_key=Path(services_key) if services_key else None,
     )
     run_until_signal(run_broker, settings)
 

@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import core, protocol
 from .client import BusClient, RequestForgotten, holder_identity
 from .durations import parse_duration
 from .errors import LabError, LeaseNotFound, LeaseRequired, MethodNotFound, Timeout
 from .events import EventStream
+from .keys import ClientKeys
 from .lease_view import DeviceInfo, LeaseView
 
 if TYPE_CHECKING:
@@ -182,8 +183,9 @@ class Lease(LeaseView):
 class Keepalive:
     """A thread with its own socket that keeps this process's leases alive."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, keys: ClientKeys | Literal[False] = False) -> None:
         self.address = address
+        self.keys = keys
         self.ids: set[str] = set()
         self.interval = 20.0
         self._stop = threading.Event()
@@ -203,7 +205,7 @@ class Keepalive:
             self.ids.discard(lease_id)
 
     def _run(self) -> None:
-        client = BusClient(self.address, timeout=5.0)
+        client = BusClient(self.address, timeout=5.0, keys=self.keys)
         try:
             while not self._stop.wait(self.interval):
                 with self._lock:
@@ -213,7 +215,7 @@ class Keepalive:
                         client.call("lease.keepalive", ids=ids)
                     except LabError:
                         client.close()  # a fresh socket after a broker restart
-                        client = BusClient(self.address, timeout=5.0)
+                        client = BusClient(self.address, timeout=5.0, keys=self.keys)
         finally:
             client.close()
 
@@ -227,11 +229,16 @@ class Lab:
     """A connection to one lab's broker (``LABCTL_BROKER`` or ``tcp://127.0.0.1:5550``)."""
 
     def __init__(
-        self, broker: str | None = None, timeout: float = protocol.DEFAULT_TIMEOUT
+        self,
+        broker: str | None = None,
+        timeout: float = protocol.DEFAULT_TIMEOUT,
+        keys: ClientKeys | Literal[False] | None = None,
     ) -> None:
-        self.client = BusClient(broker, timeout)
+        """``keys``: CURVE keys (``labctl.keys.ClientKeys``; default: from the environment,
+        ``LABCTL_BROKER_KEY``/``LABCTL_KEY``, none there means open; False: open)."""
+        self.client = BusClient(broker, timeout, keys=keys)
         self.address = self.client.address
-        self._keepalive = Keepalive(self.address)
+        self._keepalive = Keepalive(self.address, self.client.keys or False)
         self._welcome: dict[str, Any] | None = None
 
     def close(self) -> None:

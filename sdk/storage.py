@@ -198,7 +198,7 @@ def _watched_call(
 ) -> Any:
     """A long call (a URI write runs for minutes) on its own socket that notices a broker
     gone silent within seconds instead of waiting out ``timeout``."""
-    client = BusClient(dev._lab.address)
+    client = BusClient(dev._lab.address, keys=dev._lab.client.keys or False)
     try:
         msg = protocol.Request.call(dev.name, method, args, kwargs, dev.lease_id)
         rid, frames = core.Requests().frames(msg, timeout)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import zmq
 
@@ -29,6 +29,7 @@ from . import multipart, protocol
 from .client import BusClient
 from .core import MAX_WRITE, PING_AFTER, RESUME_FOR, RETRY_OPEN, WINDOW, StreamState
 from .errors import LabError, StreamClosed, Timeout
+from .keys import ClientKeys
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -119,6 +120,7 @@ class ByteStream:
         frame: int = MAX_WRITE,
     ) -> None:
         self.address = lab.address
+        self._keys: ClientKeys | Literal[False] = lab.client.keys or False  # CURVE, or open
         self.state = StreamState(device, name, write, lease, args, resume, frame)
         self.device, self.name = device, name
         self._client: BusClient | None = None
@@ -172,7 +174,7 @@ class ByteStream:
     def _open(self) -> None:
         if self._client is not None:
             self._client.close()
-        self._client = BusClient(self.address)
+        self._client = BusClient(self.address, keys=self._keys)
         self._client.stream_handler = self._on_message
         if self._input is not None:
             self._input.heard = False
