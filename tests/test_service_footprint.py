@@ -37,20 +37,25 @@ main()
 """
 
 
+def _modules_of_a_service(harness: LabHarness, workdir: Path, name: str, script: str) -> list[str]:
+    """Run a mock power service through ``script`` until it is online, stop it (SIGTERM: it
+    ends cleanly and its atexit hook runs) and return the modules the script listed."""
+    harness.start_broker()
+    config = harness.write_config({"service": name, "kind": "power", "driver": "mock"})
+    listing = workdir / "modules.txt"
+    argv = [sys.executable, "-c", script, str(config), str(listing)]
+    service = Proc(argv, workdir / f"{name}.log", harness.env).start()
+    harness.procs.append(service)
+    harness.wait_online([name])
+    service.stop()
+    assert service.popen is not None and service.popen.returncode == 0, service.output()
+    return listing.read_text().split()
+
+
 def test_an_idle_service_imports_no_cli_sdk_broker_or_driver_library(
     harness: LabHarness, workdir: Path
 ) -> None:
-    harness.start_broker()
-    config = harness.write_config({"service": "idle", "kind": "power", "driver": "mock"})
-    listing = workdir / "modules.txt"
-    argv = [sys.executable, "-c", SERVICE_LISTING_MODULES, str(config), str(listing)]
-    service = Proc(argv, workdir / "idle.log", harness.env).start()
-    harness.procs.append(service)
-    harness.wait_online(["idle"])
-    service.stop()  # SIGTERM: the service ends cleanly and its atexit hook runs
-    assert service.popen is not None and service.popen.returncode == 0, service.output()
-
-    modules = set(listing.read_text().split())
+    modules = set(_modules_of_a_service(harness, workdir, "idle", SERVICE_LISTING_MODULES))
     assert {"labctl.services.runtime", "labctl.services.power.mock"} <= modules
     loaded = sorted(
         m for m in modules if any(m == n or m.startswith(n + ".") for n in NOT_ON_THE_IDLE_PATH)
@@ -76,16 +81,7 @@ def test_a_forked_service_imports_nothing_its_fork_server_did_not_preload(
     harness: LabHarness, workdir: Path
 ) -> None:
     """What a child imports after the fork is its own copy: under lab up, memory per service."""
-    harness.start_broker()
-    config = harness.write_config({"service": "forked", "kind": "power", "driver": "mock"})
-    listing = workdir / "modules.txt"
-    argv = [sys.executable, "-c", FORKED_SERVICE_LISTING_MODULES, str(config), str(listing)]
-    service = Proc(argv, workdir / "forked.log", harness.env).start()
-    harness.procs.append(service)
-    harness.wait_online(["forked"])
-    service.stop()
-    assert service.popen is not None and service.popen.returncode == 0, service.output()
-    assert listing.read_text().split() == []
+    assert _modules_of_a_service(harness, workdir, "forked", FORKED_SERVICE_LISTING_MODULES) == []
 
 
 @pytest.mark.parametrize("name", ["pdu1\n", "-pdu1", "pdu 1", "pdu/1", ""])
