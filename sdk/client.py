@@ -137,7 +137,7 @@ class BusClient:
         heard = now
         while True:
             limit = deadline if idle is None else min(deadline, heard + idle)
-            got = self._receive_until(limit)
+            got = self._receive_until(limit) if self._answered else self._first_receive(limit)
             if got is None:
                 if idle is not None and self._answered and time.monotonic() < full_deadline:
                     raise RequestForgotten(f"the broker stopped answering about request {rid}")
@@ -154,6 +154,25 @@ class BusClient:
             done, value = core.settle(got, progress)
             if done:
                 return value
+
+    def _first_receive(self, deadline: float) -> protocol.Message | None:
+        """Before the broker's first answer: wait on the socket and on the handshake monitor
+        too, so a refused key fails at once, not after the connect timeout."""
+        monitor = self.handshake.monitor
+        if monitor is None:
+            return self._receive_until(deadline)
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        while True:
+            ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            ready = dict(poller.poll(ms))
+            if self.sock in ready:
+                return self._receive_until(deadline)  # a message waits: no blocking
+            if monitor in ready and (refused := self.handshake.refused()) is not None:
+                raise refused
+            if time.monotonic() >= deadline:
+                return None
 
     def _receive_until(self, deadline: float) -> protocol.Message | None:
         """The next message, waiting until ``deadline`` (monotonic); None after it.

@@ -183,6 +183,9 @@ _TELLING: list[int] = [  # most telling first
 ]
 
 
+_DECISIVE = {int(zmq.EVENT_HANDSHAKE_FAILED_AUTH), int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)}
+
+
 class HandshakeWatch:
     """What the socket's handshakes said, read only when a connect or request times out.
 
@@ -239,6 +242,19 @@ class HandshakeWatch:
     def error(self) -> BrokerUnreachable | None:
         why = self.explain()
         return None if why is None else BrokerUnreachable(why, {"broker": self.address})
+
+    @property
+    def monitor(self) -> zmq.Socket[Any] | None:
+        """The monitor socket, to poll beside the watched one (None once stopped)."""
+        return self._monitor
+
+    def refused(self) -> BrokerUnreachable | None:
+        """The error now if a handshake failed for good: the broker's ZAP said no, or the
+        two ends speak different mechanisms. A bare drop may be a restart: not decisive."""
+        self._drain()
+        if self._failures & _DECISIVE:
+            return self.error()
+        return None
 
     def stop(self) -> None:
         """The broker answered: stop monitoring (idempotent)."""
