@@ -183,9 +183,13 @@ class Roles:
             )
             self.refuse(ident, role, action, target, needs)
 
-    def check_register(self, ident: bytes, names: Iterable[str]) -> None:
+    def check_register(
+        self, ident: bytes, names: Iterable[str], devices: Mapping[str, Device]
+    ) -> None:
         """A service registers only names matching its key's ``devices`` globs (an admin
-        key: any name); the first name outside them refuses the whole registration."""
+        key: any name); the first name outside them refuses the whole registration. A name
+        under a lease stays with the identity that registered it: a device cannot change
+        hands (and a service see its holder's calls) while someone holds it."""
         if self.peers.keys is None:
             return
         self.check(ident, "register")
@@ -198,6 +202,11 @@ class Roles:
                 allowed = ", ".join(globs) or "no devices"
                 self.refuse(ident, entry.role, "register", name,
                             f"its key allows only {allowed}", device=name)  # fmt: skip
+            held = devices.get(name)
+            if held is not None and held.lease is not None and held.owner != entry.identity:
+                self.refuse(ident, entry.role, "register", name,
+                            f"it is leased, and registered by {held.owner or 'another service'}",
+                            device=name)  # fmt: skip
 
     def refuse(
         self, ident: bytes, role: str, action: str, target: str, why: str, **details: Any

@@ -4,12 +4,13 @@ key pair, and the ZAP handler that maps each CURVE connection's key to an identi
 libzmq asks the ZAP handler (RFC 27) once per connection, during the CURVE handshake, on an
 inproc socket of the broker's context. A key that is not in authorized_keys is refused
 there: its peer never gets a message through, so it holds no broker state at all. An
-accepted connection carries the entry's identity as its ZMTP ``User-Id``, which ``Peers``
-reads; roles are looked up by identity at each check, so an edited file applies at once.
+accepted connection carries its public key (Z85) as its ZMTP ``User-Id``, which ``Peers``
+reads; identity and role are looked up by key at each check, so an edited file applies at
+once, and a key taken out of the file acts no more, even on a connection made before.
 
-The file is re-read when its mtime changes (checked every second) and on SIGHUP; a broken
-edit is logged and the previous entries stay in force. Sessions are never dropped by a
-reload: CURVE authenticates connections, not messages.
+The file is re-read when its mtime or size changes (checked every second) and on SIGHUP; a
+broken edit is logged and the previous entries stay in force. A reload drops no session
+whose key stays; the broker ends what a removed key still had open (``on_change``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,11 @@ class KeyEntry:
     key: str = ""  # Z85 public key
 
 
+def _reserved(identity: str) -> bool:
+    """Names the broker gives itself or its own keys (audit rows say them): no file entry."""
+    return identity in (DASHBOARD, LAB_SERVICES, "broker") or identity.startswith("anonymous")
+
+
 def _entry(raw: Any, where: str, base: Path) -> KeyEntry:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping with key, identity and role")
@@ -63,8 +69,11 @@ def _entry(raw: Any, where: str, base: Path) -> KeyEntry:
     if not isinstance(identity, str) or not identity.strip() or not identity.isprintable():
         raise ConfigError(f"{where}: identity: required, a printable name (like alice)")
     where = f"{where} ({identity})"
-    if identity.strip() == DASHBOARD:
-        raise ConfigError(f"{where}: identity: {DASHBOARD!r} is the dashboard's own (in memory)")
+    if _reserved(identity.strip()):
+        raise ConfigError(
+            f"{where}: identity: {identity.strip()!r} is reserved (the dashboard's, lab up's "
+            "services', the broker's own or an unauthenticated peer's name)"
+        )
     if ("key" in raw) == ("key_file" in raw):
         raise ConfigError(f"{where}: give exactly one of key (Z85 text) or key_file (a .key)")
     if "key" in raw:
@@ -133,6 +142,8 @@ class AuthorizedKeys:
     by_key: dict[str, KeyEntry] = field(default_factory=dict)
     by_identity: dict[str, KeyEntry] = field(default_factory=dict)
     memory: list[KeyEntry] = field(default_factory=list)  # the dashboard's; survive reloads
+    #: called after every install of new tables (in the broker's thread: reloads run there)
+    on_change: list[Callable[[], None]] = field(default_factory=list)
     refused: int = 0  # connections refused since start
     _stamp: tuple[int, int] | None = None
     _logged: set[str] = field(default_factory=set)  # keys logged in this minute's window
@@ -151,11 +162,9 @@ class AuthorizedKeys:
     def _read(self) -> tuple[list[KeyEntry], tuple[int, int] | None]:
         import yaml
 
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
+        stamp = self._current_stamp()  # before the read: an edit after it is seen next time
+        if stamp is None:
             return [], None
-        stamp = (st.st_mtime_ns, st.st_size)
         try:
             text = self.path.read_text()
         except OSError as exc:
@@ -171,13 +180,16 @@ class AuthorizedKeys:
     def reload(self, strict: bool = False) -> bool:
         """Read the file again; True if the table changed. A broken file raises with
         ``strict``, else is logged and the entries in force stay."""
+        before = self._current_stamp()
         try:
             entries, stamp = self._read()
         except ConfigError as exc:
             if strict:
                 raise
             log.error("authorized_keys not reloaded: keeping the previous keys", error=exc.message)
-            self._stamp = self._current_stamp()  # say it once per edit, not every second
+            # said once per edit, not every second; the stamp from before the read, so a
+            # write that was still going on is read again once it has finished
+            self._stamp = before
             return False
         if stamp is None and strict:
             log.warning("no authorized_keys file: no key is authorized yet", path=str(self.path))
@@ -191,6 +203,8 @@ class AuthorizedKeys:
         every = [*entries, *self.memory]
         self.by_identity = {e.identity: e for e in every}
         self.by_key = {e.key: e for e in every}
+        for changed in self.on_change:  # e.g. the broker ends what removed keys had open
+            changed()
 
     def _current_stamp(self) -> tuple[int, int] | None:
         try:
@@ -212,7 +226,7 @@ class AuthorizedKeys:
 
     # -- what Peers and the ZAP handler ask ---------------------------------------------
     def entry(self, identity: str) -> KeyEntry | None:
-        """The entry for a connection's identity (its User-Id), None if no longer listed."""
+        """The entry for an identity, None if it is not (any more) listed."""
         return self.by_identity.get(identity)
 
     def for_key(self, key: str) -> KeyEntry | None:
@@ -351,7 +365,7 @@ class ZapHandler:
             stop.close(0)
 
     def answer(self, frames: list[bytes]) -> list[bytes] | None:
-        """The reply to one ZAP request (RFC 27): 200 with the identity as User-Id, or 400."""
+        """The reply to one ZAP request (RFC 27): 200 with the key (Z85) as User-Id, or 400."""
         if len(frames) < 8 or frames[1] != b"":
             return None  # not a ZAP request: nobody to answer
         route, _, version, request_id, domain, address, _, mechanism, *credentials = frames
@@ -366,7 +380,7 @@ class ZapHandler:
             key = z85.encode(credentials[0]).decode()
             entry = table.for_key(key)
             if entry is not None:
-                status, text, user = b"200", b"OK", entry.identity.encode()
+                status, text, user = b"200", b"OK", key.encode()
             else:
                 table.note_refused(key, address.decode("utf-8", "replace"))
         return [route, b"", b"1.0", request_id, status, text, user, b""]
@@ -419,11 +433,12 @@ class CurveServer:
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
         sock.setsockopt(zmq.ZAP_DOMAIN, self.domain.encode())
 
-    def authorize_services(self, public_file: Path) -> None:
-        """Authorize a key (a ``.key`` file) in memory as role service for any device name:
-        ``lab up``'s own services, whose key it keeps in the state directory."""
+    def authorize_services(self, public_file: Path, names: tuple[str, ...]) -> None:
+        """Authorize a key (a ``.key`` file) in memory as role service for ``names``:
+        ``lab up``'s own services (the devices of its lab file), whose key it keeps in the
+        state directory."""
         key = keys.public_key(str(public_file)).decode()
-        self.table.add_memory(KeyEntry(LAB_SERVICES, "service", ("*",), key))
+        self.table.add_memory(KeyEntry(LAB_SERVICES, "service", names, key))
 
     def viewer_keys(self, identity: str = DASHBOARD) -> keys.ClientKeys:
         """An in-memory key pair with the viewer role (the dashboard's)."""
@@ -452,6 +467,8 @@ def curve_table(settings: Any) -> AuthorizedKeys | None:
     without keys needs ``--insecure`` (ConfigError otherwise), and is logged as a warning.
     """
     beyond = exposed(settings)
+    if settings.insecure and settings.curve:
+        raise ConfigError("--curve and --insecure contradict each other: give one of them")
     if settings.insecure:
         if beyond:
             log.warning(

@@ -57,8 +57,11 @@ class BusSocket:
         sock = self.sock
         frame = _recv(sock, _NOBLOCK, False)
         ident = frame.bytes
-        if ident not in self.peers.known:  # a new connection: who is it? (once per peer)
-            self.peers.learn(ident, frame)
+        peers = self.peers
+        # a new connection: who is it? (once per peer; with CurveZMQ, again if a routing id
+        # comes back on another connection: a peer may choose its own)
+        if ident not in peers.known or (peers.keys is not None and peers.changed(ident, frame)):
+            peers.learn(ident, frame)
         frames: list[Any] = [ident]
         while frame.more:
             frame = _recv(sock, 0, False)  # the rest of a multipart message is here already

@@ -53,6 +53,7 @@ class Device:
     service: str
     ident: bytes
     on_release: str = "reset"
+    owner: str = ""  # the identity that registered it (its key's, under CurveZMQ)
     service_alive: bool = True
     reachable: bool = True
     reachable_reason: str = ""
@@ -123,7 +124,9 @@ class Registry:
         self.health[name] = (health, reason)
         return dev
 
-    def register(self, ident: bytes, reg: Register) -> tuple[Service, list[Device], list[Device]]:
+    def register(
+        self, ident: bytes, reg: Register, owner: str = ""
+    ) -> tuple[Service, list[Device], list[Device]]:
         """Add a service and its devices; DuplicateName if a live holder has a name.
 
         Returns the service, its devices, and devices it registered before but not now.
@@ -144,6 +147,7 @@ class Registry:
         dropped = self._forget_devices(old, keep={d.name for d in parsed}) if old else []
         self.services[ident] = svc
         for dev in parsed:
+            dev.owner = owner
             previous = self.devices.get(dev.name)
             if previous is not None:  # keep what the broker owns across re-registration
                 dev.lease, dev.status = previous.lease, previous.status

@@ -13,6 +13,7 @@ and publish with, ``Peers`` (who each connection is).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -50,6 +51,20 @@ from .streams import StreamRouter
 from .upkeep import BadMessageLog, HeapTrim
 
 log = structlog.get_logger("broker")
+#: device events only the broker publishes (a service's would forge health or the audit)
+BROKER_EVENTS = frozenset({"health", "forced", "removed"})
+HANDSHAKE_MS = 5000  # a connection's handshake (CURVE included) must be done by then
+
+
+def _more_descriptors() -> None:
+    """Raise the soft limit on open files to the hard one: every connection is one, and
+    1,024 (a common default) is few for a lab's clients plus peers that never authenticate."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Broker:
@@ -62,6 +77,10 @@ class Broker:
         self.auth = auth.curve_table(settings)
         self.curve: auth.CurveServer | None = None
         self.peers = Peers(self.auth)  # roles: every peer is admin while the broker runs open
+        self.peers.replaced = self._peer_gone
+        self._revoked: set[bytes] = set()  # connections whose key was removed (handled)
+        if self.auth is not None:  # a key taken out of authorized_keys: end what it had open
+            self.auth.on_change.append(self._keys_changed)
         # who may do what (access.POLICY); each refusal is a (rate-bounded) audit row
         self.roles = Roles(self.peers, lambda *row: self.store.submit(self.store.store.audit, *row))
         self.metrics = BrokerMetrics()
@@ -107,6 +126,7 @@ class Broker:
 
     # -- life cycle ---------------------------------------------------------------------
     def bind(self) -> None:
+        _more_descriptors()
         router = self.ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.LINGER, 0)
@@ -116,15 +136,21 @@ class Broker:
         # broker's inbound memory per peer is bounded, not just counted
         router.setsockopt(zmq.RCVHWM, 1000)
         router.setsockopt(zmq.MAXMSGSIZE, 2 * self.settings.max_payload)
+        # a connection that has not finished its handshake by then is closed: peers that
+        # connect and say nothing hold a descriptor for seconds, not libzmq's 30 s
+        router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         if self.auth is not None:  # CURVE: a key not in authorized_keys never gets a frame in
             self.curve = auth.CurveServer(self.ctx, self.settings.state, self.auth)
             if self.settings.services_key is not None:
-                self.curve.authorize_services(self.settings.services_key)
+                self.curve.authorize_services(
+                    self.settings.services_key, self.settings.services_devices
+                )
             self.curve.serve(router)
         router.bind(self.settings.bus)
         self.bus_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         xpub = self.ctx.socket(zmq.XPUB)
         xpub.setsockopt(zmq.LINGER, 0)
+        xpub.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         xpub.setsockopt(zmq.SNDHWM, 100000)
         # subscriptions are applied by EventHub within per-identity limits (issue 10), and
         # a subscription over MAX_TOPIC bytes drops its peer
@@ -213,8 +239,10 @@ class Broker:
         reg = protocol.Register.parse(msg)
         if self.roles.enforced:  # a service key registers only the names its globs allow
             names = [d["name"] for d in reg.devices if isinstance(d, dict) and "name" in d]
-            self.roles.check_register(ident, [n for n in names if isinstance(n, str)])
-        svc, devices, dropped = self.registry.register(ident, reg)
+            self.roles.check_register(
+                ident, [n for n in names if isinstance(n, str)], self.registry.devices
+            )
+        svc, devices, dropped = self.registry.register(ident, reg, self.peers.identity(ident))
         for dev in dropped:
             self.publish(
                 f"device.{dev.name}.online",
@@ -268,6 +296,22 @@ class Broker:
                 )
         self.leases.resets.service_lost(ident)
         self.streams.peer_lost(ident, f"service went away: {reason}")
+
+    def _peer_gone(self, ident: bytes, reason: str) -> None:
+        """What the broker kept for a connection that is no more: its service and devices
+        (offline), its stream routes (closed both ends)."""
+        if ident in self.registry.services:
+            self._service_lost(ident, reason)
+        self.streams.peer_lost(ident, reason)
+
+    def _keys_changed(self) -> None:
+        revoked = set(self.peers.revoked())
+        for ident in revoked - self._revoked:  # each once, however many reloads follow
+            log.warning("key removed from authorized_keys: its connection's state ends",
+                        identity=self.peers.identity(ident))  # fmt: skip
+            self._peer_gone(ident, "its key was removed from authorized_keys")
+            # still known by its identity: what it asks next is refused naming it
+        self._revoked = revoked
 
     async def _housekeeping(self) -> None:
         s = self.settings
@@ -344,7 +388,8 @@ class Broker:
         self._next_rid += 1
         rid = self._next_rid
         client_id, req.id, req.timeout = req.id, rid, timeout
-        req.force = None  # the broker's business (journaled above), not the service's
+        req.force = req.lease = None  # the broker's business (checked above): a lease id is
+        # its holder's credential, and a service has no use for it
         if self.send(dev.ident, req.to_frames()):
             self.pending[rid] = Pending(ident, client_id, dev.ident, deadline, who)
             self.pending_by[who] = self.pending_by.get(who, 0) + 1
@@ -388,6 +433,11 @@ class Broker:
         if len(parts) < 3 or parts[0] != "device" or ".".join(parts[1:-1]) not in svc.devices:
             raise BadRequest(f"service {svc.name!r} may not publish on {topic!r}")
         name, what = ".".join(parts[1:-1]), parts[-1]
+        if what in BROKER_EVENTS:
+            raise BadRequest(
+                f"service {svc.name!r} may not publish {topic!r}: the broker publishes "
+                f"device {', '.join(sorted(BROKER_EVENTS))} events itself"
+            )
         dev = self.registry.devices[name]
         try:  # a body nobody can decode must not reach the journal or subscribers
             body = event.value()

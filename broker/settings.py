@@ -29,9 +29,10 @@ class BrokerSettings:
     insecure: bool = False
     #: the authorized_keys file (default: <state>/authorized_keys.yaml)
     authorized_keys: Path | None = None
-    #: a public key file authorized in memory as role service for any name: `lab up`'s own
-    #: services when its broker runs CURVE
+    #: a public key file authorized in memory as role service for ``services_devices``:
+    #: `lab up`'s own services when its broker runs CURVE
     services_key: Path | None = None
+    services_devices: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

@@ -254,10 +254,11 @@ def lab_runs_open(broker: dict[str, Any]) -> bool:
     return not broker.get("curve") and is_loopback(bus) and is_loopback(events)
 
 
-def lab_keys(broker: dict[str, Any], state_dir: Path) -> dict[str, str]:
+def lab_keys(broker: dict[str, Any], state_dir: Path, names: list[str]) -> dict[str, str]:
     """A lab whose broker runs CURVE: its services get a key of their own, kept in the
-    state directory and authorized by the broker as role service (``--services-key``); the
-    broker's key pair is made here first, so they know it. The environment they get."""
+    state directory and authorized by the broker as role service for the lab's device
+    ``names`` (``--services-key``); the broker's key pair is made here first, so they know
+    it. The environment they get."""
     from labctl import keys
 
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -265,6 +266,7 @@ def lab_keys(broker: dict[str, Any], state_dir: Path) -> dict[str, str]:
         if not (state_dir / f"{name}.key_secret").exists():
             keys.generate(name, state_dir)
     broker["services_key"] = str(state_dir / f"{LAB_SERVICES_KEY}.key")
+    broker["services_devices"] = ",".join(names)
     authorized = broker.get("authorized_keys") or state_dir / "authorized_keys.yaml"
     log.info(
         "CURVE on: people need their keys in authorized_keys (docs/security.md)",
@@ -289,7 +291,12 @@ async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
     if lab_runs_open(broker):  # the lab's own processes dial its open broker, whatever the
         env.pop("LABCTL_BROKER_KEY", None)  # shell says for another lab (docs/security.md)
     else:
-        env.update(lab_keys(broker, state_dir))
+        names = [
+            entry.name
+            for svc in lab.get("services", [])
+            for entry in parse_service_config(svc, svc["service"]).device_entries()
+        ]
+        env.update(lab_keys(broker, state_dir, names))
     stand_in_keys = None  # a stand-in registers a failing service's devices: with its key
     if "LABCTL_BROKER_KEY" in env:
         from labctl.keys import client_keys

@@ -146,7 +146,8 @@ def broker() -> None:
     metavar="PATH",
     help="Who may connect (YAML) [default: STATE/authorized_keys.yaml].",
 )
-@click.option("--services-key", default=None, hidden=True)  # lab up's own services (CURVE)
+@click.option("--services-key", default=None, hidden=True)  # lab up's own services (CURVE):
+@click.option("--services-devices", default="", hidden=True)  # their key, their names (a,b)
 def broker_run(
     bus: str,
     events: str,
@@ -161,6 +162,7 @@ def broker_run(
     insecure: bool,
     authorized_keys: str | None,
     services_key: str | None,
+    services_devices: str,
 ) -> None:
     """Run the broker in the foreground.
 
@@ -191,6 +193,7 @@ def broker_run(
         insecure=insecure,
         authorized_keys=Path(authorized_keys) if authorized_keys else None,
         services_key=Path(services_key) if services_key else None,
+        services_devices=tuple(n for n in services_devices.split(",") if n),
     )
     run_until_signal(run_broker, settings)
 

@@ -88,6 +88,11 @@ def load(path: Path) -> KeyPair:
         raise ConfigError(f"{path}: not a usable key file: {why}") from None
     if len(public) != Z85_KEY_LENGTH or (secret is not None and len(secret) != Z85_KEY_LENGTH):
         raise ConfigError(f"{path}: not a usable key file: a key is not 40 Z85 characters")
+    if secret is not None and path.stat().st_mode & 0o077:  # as ssh does with its keys
+        raise ConfigError(
+            f"{path}: a secret key others may read is not used: `chmod 600 {path}` "
+            "(or make a new one with `labctl keys generate`)"
+        )
     return KeyPair(public, secret, path)
 
 

@@ -27,6 +27,7 @@ from labctl import keys
 from labctl.broker import auth
 from labctl.client import BusClient
 from labctl.errors import BrokerUnreachable, ConfigError, NotAllowed
+from labctl.keys import client_keys
 from labctl.lab import Lab
 
 from ..fuzz.mutator import Mutator
@@ -155,7 +156,9 @@ def test_keys_generate_writes_a_private_secret_and_show_prints_the_public_key(
         ({"key": "K", "identity": "a", "role": "user", "devices": ["x"]}, "devices: only a"),
         ({"key": "K", "identity": "a", "role": "user", "rol": 1}, "entry 1: rol: unknown"),
         ({"key": "K", "role": "user"}, "entry 1: identity: required"),
-        ({"key": "K", "identity": "dashboard", "role": "admin"}, "is the dashboard's own"),
+        ({"key": "K", "identity": "dashboard", "role": "admin"}, "'dashboard' is reserved"),
+        ({"key": "K", "identity": "lab-services", "role": "viewer"}, "'lab-services' is reserved"),
+        ({"key": "K", "identity": "anonymous@10.0.0.1", "role": "user"}, "is reserved"),
     ],
 )
 def test_authorized_keys_errors_name_the_file_the_entry_and_the_field(
@@ -258,25 +261,31 @@ def test_a_refused_service_says_why_keeps_trying_and_joins_once_authorized(
     assert harness.broker.pid == broker_pid and harness.broker.alive()  # type: ignore[union-attr]
 
 
-def test_a_rotated_key_is_refused_at_once_while_its_open_session_goes_on(
+def test_a_rotated_key_is_refused_at_once_even_on_its_open_session_and_others_go_on(
     curve_lab: tuple[LabHarness, CurveKeys],
 ) -> None:
     harness, ck = curve_lab
+    pdu1 = entry(ck.keys["pdu1"], "pdu1", "service", devices=["pdu1*"])  # type: ignore[attr-defined]
+    bob = entry(ck.keys["bob"], "bob", "viewer")  # type: ignore[attr-defined]
+    ck.authorize(entry(ck.keys["alice"], "alice"), bob, pdu1)  # type: ignore[attr-defined]
+    wait_until(lambda: refused_now(harness, "bob") is None, 10, "bob authorized")
     old_session = Lab(harness.bus, timeout=2)  # connected with alice's first key
+    other = Lab(harness.bus, timeout=2, keys=client_keys(str(ck.broker_key), "bob"))
     try:
-        assert old_session.devices() == []
+        assert old_session.devices() == [] and other.devices() == []
         new_key = ck.make("alice2")
-        ck.authorize(
-            entry(new_key, "alice"),  # the same identity, a new key; the old one is gone
-            entry(ck.keys["pdu1"], "pdu1", "service", devices=["pdu1*"]),  # type: ignore[attr-defined]
-        )
+        ck.authorize(entry(new_key, "alice"), bob, pdu1)  # alice: a new key, the old one gone
         wait_until(lambda: refused_now(harness, "alice"), 10, "the old key to be refused")
         assert refused_now(harness, "alice2") is None
         done = harness.run_cli("devices", "-o", "json", env={"LABCTL_KEY": "alice2"})
         assert done.returncode == 0 and json.loads(done.stdout) == []
-        assert old_session.devices() == []  # CURVE authenticates connections: not dropped
+        # a removed key acts no more, even on a connection made before (a stolen key ends)
+        with pytest.raises(NotAllowed, match="the key is no longer in authorized_keys"):
+            old_session.devices()
+        assert other.devices() == []  # the reload dropped no session whose key stayed
     finally:
         old_session.close()
+        other.close()
     assert "authorized_keys reloaded" in harness.broker.output()  # type: ignore[union-attr]
 
 

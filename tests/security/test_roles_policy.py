@@ -18,13 +18,17 @@ from labctl.errors import NotAllowed
 
 
 class Keys:
-    """A stand-in for AuthorizedKeys: identity -> entry, edited in place."""
+    """A stand-in for AuthorizedKeys: identity -> entry, edited in place; each identity's
+    key (a connection's User-Id) is its name here."""
 
     def __init__(self, *entries: KeyEntry) -> None:
         self.by_identity = {e.identity: e for e in entries}
 
     def entry(self, identity: str) -> KeyEntry | None:
         return self.by_identity.get(identity)
+
+    def for_key(self, key: str) -> KeyEntry | None:
+        return self.by_identity.get(key)
 
 
 class Frame:
@@ -67,7 +71,7 @@ def test_each_role_may_do_what_issue_15_says_and_no_admin_action(
     role: str, allowed: set[str]
 ) -> None:
     roles, peers, _ = _roles(Keys(KeyEntry("k", role, ("x*",) if role == "service" else ())))
-    peers.known[b"r"] = "k"
+    peers.known[b"r"] = peers.key_of[b"r"] = "k"
     for action in allowed:
         roles.check(b"r", action)
     for action in ("lease.release.force", "health", "device.remove", "force"):
@@ -80,7 +84,7 @@ def test_open_broker_everyone_is_admin_and_nothing_is_checked() -> None:
     peers.learn(b"r", Frame(X_Labctl_User="bob@h:1"))
     assert not roles.enforced and peers.role(b"r") == "admin"
     roles.check(b"r", "device.remove")
-    roles.check_register(b"r", ["anything"])
+    roles.check_register(b"r", ["anything"], {})
     assert rows == []
 
 
@@ -108,16 +112,16 @@ def test_a_service_registers_only_names_matching_its_globs() -> None:
     )
     roles, peers, rows = _roles(keys)
     for ident, who in ((b"s", "exp"), (b"a", "root"), (b"u", "uma")):
-        peers.known[ident] = who
-    roles.check_register(b"s", ["lab1-a", "dut-3-power"])
-    roles.check_register(b"a", ["whatever"])
+        peers.known[ident] = peers.key_of[ident] = who
+    roles.check_register(b"s", ["lab1-a", "dut-3-power"], {})
+    roles.check_register(b"a", ["whatever"], {})
     with pytest.raises(
         NotAllowed, match="may not register devices 'dut-4-power': its key allows"
     ) as e:
-        roles.check_register(b"s", ["lab1-b", "dut-4-power"])
+        roles.check_register(b"s", ["lab1-b", "dut-4-power"], {})
     assert e.value.details["device"] == "dut-4-power"
     with pytest.raises(NotAllowed, match=r"uma \(user\) may not register devices: needs the role"):
-        roles.check_register(b"u", ["lab1-a"])
+        roles.check_register(b"u", ["lab1-a"], {})
     assert [r[2] for r in rows] == ["dut-4-power", "register"]
 
 
