@@ -48,6 +48,7 @@ async def serve_dashboard(
 
         from .app import build_app
         from .fanout import Fanout
+        from .guard import is_loopback_host
         from .view import LabView
     except ImportError as exc:
         log.error("dashboard not served: a dependency is missing", error=str(exc))
@@ -64,7 +65,8 @@ async def serve_dashboard(
         view = LabView(lab)
         view.insecure = insecure_addresses(broker.settings)  # a warning on every page
         fanout = Fanout(view)
-        app = build_app(view, fanout, broker.metrics)
+        host = config.bind[0].rsplit(":", 1)[0]
+        app = build_app(view, fanout, broker.metrics, loopback=is_loopback_host(host))
         async with trio.open_nursery() as nursery:
             try:
                 binds = await nursery.start(serve, app, config)

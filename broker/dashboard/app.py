@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 import trio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -27,6 +28,7 @@ from labctl.selector import parse as parse_selector
 
 from . import prometheus
 from .fanout import Fanout
+from .guard import SameOrigin
 from .view import LabView, to_json
 
 log = structlog.get_logger("dashboard")
@@ -41,7 +43,11 @@ class JSON(JSONResponse):
         return to_json(content).encode()
 
 
-def build_app(view: LabView, fanout: Fanout, metrics: BrokerMetrics) -> Starlette:
+def build_app(
+    view: LabView, fanout: Fanout, metrics: BrokerMetrics, loopback: bool = True
+) -> Starlette:
+    """``loopback``: the dashboard binds loopback (only loopback Host names are served)."""
+
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
@@ -119,7 +125,7 @@ def build_app(view: LabView, fanout: Fanout, metrics: BrokerMetrics) -> Starlett
         WebSocketRoute("/ws/console/{name:path}", console_socket),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(SameOrigin, loopback=loopback)])
 
 
 async def _until_closed(ws: WebSocket, scope: trio.CancelScope) -> None:

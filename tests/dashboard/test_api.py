@@ -88,3 +88,38 @@ def test_refused_rpcs_are_counted_by_error_code(dash_lab: DashboardLab) -> None:
     with urllib.request.urlopen(dash_lab.url + "/metrics", timeout=5) as r:
         text = r.read().decode()
     assert re.search(r'^labctl_rpc_total\{method="on",outcome="[a-z-]+"\} [1-9]', text, re.M)
+
+
+def _raw_http(dash_lab: DashboardLab, request: str) -> str:
+    """The status line the dashboard answers a hand-written request with."""
+    import socket
+
+    host, port = dash_lab.dashboard.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request.replace("\n", "\r\n").encode())
+        return sock.recv(4096).decode("latin-1").split("\r\n", 1)[0]
+
+
+def _websocket(path: str, host: str, origin: str | None) -> str:
+    return (f"GET {path} HTTP/1.1\nHost: {host}\nUpgrade: websocket\nConnection: Upgrade\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\nSec-WebSocket-Version: 13\n"
+            + (f"Origin: {origin}\n" if origin else "") + "\n")  # fmt: skip
+
+
+def test_other_sites_are_turned_away_rebound_names_and_foreign_origins(
+    dash_lab: DashboardLab,
+) -> None:
+    own = dash_lab.dashboard
+    port = own.rsplit(":", 1)[1]
+    get = "GET /api/leases HTTP/1.1\nHost: {}\nConnection: close\n\n"
+    assert _raw_http(dash_lab, get.format(own)) == "HTTP/1.1 200 "
+    assert _raw_http(dash_lab, get.format(f"localhost:{port}")) == "HTTP/1.1 200 "
+    # a hostile name rebound to 127.0.0.1 (DNS rebinding): not this loopback dashboard's
+    assert _raw_http(dash_lab, get.format(f"evil.example:{port}")) == "HTTP/1.1 403 "
+    for path in ("/ws", "/ws/console/pdu1.1"):
+        assert _raw_http(dash_lab, _websocket(path, own, f"http://{own}")).startswith(
+            "HTTP/1.1 101"
+        )
+        assert _raw_http(dash_lab, _websocket(path, own, None)).startswith("HTTP/1.1 101")
+        refused = _raw_http(dash_lab, _websocket(path, own, "http://evil.example"))
+        assert refused.startswith("HTTP/1.1 403"), refused
