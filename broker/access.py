@@ -208,6 +208,18 @@ class Roles:
                             f"it is leased, and registered by {held.owner or 'another service'}",
                             device=name)  # fmt: skip
 
+    def not_allowed_names(self, ident: bytes, names: Iterable[str]) -> list[str]:
+        """The names this connection's key does not (any more) allow it to register."""
+        if self.peers.keys is None:
+            return []
+        entry = self.peers.entry(ident)
+        if entry is None:
+            return list(names)
+        if entry.role == "admin":
+            return []
+        globs = [str(g) for g in entry.devices or ()]
+        return [n for n in names if not any(fnmatch.fnmatchcase(n, g) for g in globs)]
+
     def refuse(
         self, ident: bytes, role: str, action: str, target: str, why: str, **details: Any
     ) -> None:

@@ -312,6 +312,12 @@ class Broker:
             self._peer_gone(ident, "its key was removed from authorized_keys")
             # still known by its identity: what it asks next is refused naming it
         self._revoked = revoked
+        for ident, svc in list(self.registry.services.items()):  # globs narrowed?
+            outside = self.roles.not_allowed_names(ident, svc.devices)
+            if outside:
+                log.warning("a service's key no longer allows a name it registered",
+                            service=svc.name, device=outside[0])  # fmt: skip
+                self._service_lost(ident, f"its key no longer allows {outside[0]!r}")
 
     async def _housekeeping(self) -> None:
         s = self.settings

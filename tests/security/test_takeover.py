@@ -186,3 +186,28 @@ def test_curve_and_insecure_together_and_a_readable_secret_are_refused(
     secret.chmod(0o640)
     with pytest.raises(ConfigError, match=r"a secret key others may read is not used: `chmod 600"):
         keys.load(secret)
+
+
+def test_narrowed_globs_take_a_registered_name_away_at_the_reload(
+    two_services: tuple[LabHarness, CurveKeys],
+) -> None:
+    harness, ck = two_services
+    admin = harness.lab()
+    harness.start_service(power_service("a", outlets=2, key="svca.key_secret"))
+    found = ck.keys  # type: ignore[attr-defined]
+    ck.authorize(
+        entry(found["alice"], "alice"),
+        entry(found["svca"], "svca", "service", devices=["a.1"]),  # a.2 no longer
+    )
+
+    def offline() -> bool:
+        return not any(d["online"] for d in admin.devices())
+
+    wait_until(offline, 20, "svca's devices offline")
+
+    def refused_again() -> bool:  # it registers again, and is refused for a.2
+        rows = admin.client.call("audit", limit=100)
+        return any(r["who"] == "svca" and r["target"] == "a.2" for r in rows)
+
+    wait_until(refused_again, 20, "svca's registration of a.2 refused")
+    assert offline()
