@@ -35,9 +35,16 @@ __all__ = ["AsyncDevice", "AsyncLab", "AsyncLease"]
 
 class AsyncDevice:
     def __init__(
-        self, lab: AsyncLab, name: str, info: dict[str, Any], lease: str | None = None
+        self,
+        lab: AsyncLab,
+        name: str,
+        info: dict[str, Any],
+        lease: str | None = None,
+        force: str | None = None,
     ) -> None:
         self._lab, self.name, self.info, self.lease_id = lab, name, info, lease
+        #: the reason mutating calls on a device in maintenance are forced (journaled)
+        self.force = force
 
     @property
     def kind(self) -> str:
@@ -53,7 +60,7 @@ class AsyncDevice:
         self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any
     ) -> Any:
         """Call ``method`` on the device; raises the driver's typed error, Timeout after ``timeout`` s."""
-        msg = protocol.Request.call(self.name, method, args, kwargs, self.lease_id)
+        msg = protocol.Request.call(self.name, method, args, kwargs, self.lease_id, self.force)
         return await self._lab.request(msg, timeout)
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
@@ -252,10 +259,13 @@ class AsyncLab:
         """Devices matching ``selector`` (all with ""): typed ``DeviceInfo`` dicts."""
         return [DeviceInfo(d) for d in await self.call("devices", selector=selector)]
 
-    async def device(self, name: str, lease: AsyncLease | str | None = None) -> AsyncDevice:
-        """A proxy for device ``name``; with ``lease``, mutating calls are made under it."""
+    async def device(
+        self, name: str, lease: AsyncLease | str | None = None, force: str | None = None
+    ) -> AsyncDevice:
+        """A proxy for device ``name``; with ``lease``, mutating calls are made under it.
+        ``force`` (a reason): operate a device in maintenance, no lease (admins; journaled)."""
         lease_id = lease.id if isinstance(lease, AsyncLease) else lease
-        return AsyncDevice(self, name, await self.call("device", name=name), lease_id)
+        return AsyncDevice(self, name, await self.call("device", name=name), lease_id, force)
 
     # -- leases -----------------------------------------------------------------------------
     async def acquire(

@@ -5,9 +5,11 @@ maintenance (issue 9, items 18 and 19)."""
 from __future__ import annotations
 
 import pytest
+import trio
 import zmq
 
 from labctl import protocol
+from labctl.aio import AsyncLab
 from labctl.client import holder_identity
 from labctl.errors import BadRequest, DeviceBusy, DeviceNotFound, InMaintenance
 from labctl.lab import Lab
@@ -97,9 +99,16 @@ def test_a_device_in_maintenance_is_operated_only_by_force_with_a_reason(
     assert r.returncode == 0, r.stderr
     assert lab.one_shot("pdu1.1", "state") == "off"
     assert lab.one_shot("pdu1.1", "on", force="sdk check") == "on"
+
+    async def forced_from_trio() -> str:  # AsyncLab has force too
+        async with AsyncLab(harness.bus) as alab:
+            dev = await alab.device("pdu1.1", force="trio check")
+            return str(await dev.off())
+
+    assert trio.run(forced_from_trio) == "off"
     rows = _audit(lab, "device.forced")
     assert [r["why"] for r in rows] == [
-        "on(): sdk check", "off(): and back off", "on(): debugging relay"
+        "off(): trio check", "on(): sdk check", "off(): and back off", "on(): debugging relay"
     ]  # fmt: skip
     assert {r["target"] for r in rows} == {"pdu1.1"}
     assert rows[0]["who"] == holder_identity()  # this process; the CLI's carry its pid
