@@ -190,7 +190,7 @@ class LeaseTable:
     ) -> Lease:
         now = time.time()
         lease = Lease(
-            id=secrets.token_urlsafe(12),
+            id=new_lease_id(),
             holder=holder,
             selector=selector,
             devices=sorted(d.name for d in devs),
@@ -429,6 +429,15 @@ class LeaseTable:
             "kinds": {n: devs[n].kind for n in lease.devices if n in devs},
             "interfaces": {n: devs[n].interface for n in lease.devices if n in devs},
         }
+
+
+def new_lease_id() -> str:
+    """16 URL-safe characters (96 random bits) that never start with ``-`` or ``_``: a
+    command line takes an id starting with ``-`` for an option (``lease show -ZJv…``)."""
+    while True:
+        lease_id = secrets.token_urlsafe(12)
+        if lease_id[0].isalnum():
+            return lease_id
 
 
 def _named(name: str, reason: str) -> str:

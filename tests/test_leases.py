@@ -536,3 +536,11 @@ def test_a_device_is_not_allocated_while_its_reset_is_unanswered(harness: LabHar
     gate.touch()  # the reset fails: the request is told so at once
     thread.join(10)
     assert isinstance(result[0], DeviceBusy) and "r1 in bad" in str(result[0])
+
+
+def test_lease_ids_never_start_like_a_command_line_option() -> None:
+    from labctl.broker.leases import new_lease_id
+
+    ids = [new_lease_id() for _ in range(2000)]  # about 1 in 32 would start with - or _
+    assert all(i[0].isalnum() and len(i) == 16 for i in ids)
+    assert len(set(ids)) == len(ids)
