@@ -33,6 +33,8 @@ from zmq.utils import z85
 from labctl import keys
 from labctl.errors import ConfigError
 
+from .upkeep import trim_heap
+
 log = structlog.get_logger("auth")
 
 ROLES = ("admin", "user", "service", "viewer")
@@ -264,22 +266,13 @@ class AuthorizedKeys:
                 self.check()
                 if self.refused - trimmed >= TRIM_AFTER_REFUSALS:
                     trimmed = self.refused
-                    _malloc_trim()
+                    trim_heap()
 
     async def _on_sighup(self) -> None:
         with trio.open_signal_receiver(signal.SIGHUP) as signals:
             async for _ in signals:
                 log.info("SIGHUP: reloading authorized_keys", path=str(self.path))
                 self.reload()
-
-
-def _malloc_trim() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to trim
 
 
 # -- the ZAP handler ---------------------------------------------------------------------------
@@ -403,7 +396,12 @@ def is_loopback(endpoint: str) -> bool:
     scheme, _, rest = endpoint.partition("://")
     if scheme in ("ipc", "inproc"):
         return True
-    host = rest.rpartition(":")[0].strip("[]").lower()
+    return is_loopback_host(rest.rpartition(":")[0])
+
+
+def is_loopback_host(host: str) -> bool:
+    """127/8, ::1 (bracketed or not) or localhost."""
+    host = host.strip("[]").lower()
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
 

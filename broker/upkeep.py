@@ -47,10 +47,11 @@ class HeapTrim:
                 self._quiet = None  # the burst's last trim, after a full collection: what
                 gc.collect()  # the burst left in cycles (errors and their tracebacks) goes
         self.handled = self._seen = 0
-        _trim()
+        trim_heap()
 
 
-def _trim() -> None:
+def trim_heap() -> None:
+    """Give freed heap back to the system (glibc's malloc_trim; nothing elsewhere)."""
     try:
         _libc().malloc_trim(0)
     except (OSError, AttributeError):

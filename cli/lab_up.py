@@ -274,8 +274,8 @@ def lab_keys(broker: dict[str, Any], state_dir: Path, names: list[str]) -> dict[
         authorized_keys=str(authorized),
     )
     return {
-        "LABCTL_KEY": str(state_dir / f"{LAB_SERVICES_KEY}.key_secret"),
-        "LABCTL_BROKER_KEY": str(state_dir / "broker.key"),
+        keys.KEY_ENV: str(state_dir / f"{LAB_SERVICES_KEY}.key_secret"),
+        keys.BROKER_KEY_ENV: str(state_dir / "broker.key"),
     }
 
 
@@ -288,8 +288,11 @@ async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
     env = dict(
         os.environ, LABCTL_BROKER=bus.replace("*", "127.0.0.1").replace("0.0.0.0", "127.0.0.1")
     )
+    from labctl import keys
+
+    stand_in_keys = None  # a stand-in registers a failing service's devices: with its key
     if lab_runs_open(broker):  # the lab's own processes dial its open broker, whatever the
-        env.pop("LABCTL_BROKER_KEY", None)  # shell says for another lab (docs/security.md)
+        env.pop(keys.BROKER_KEY_ENV, None)  # shell says for another lab (docs/security.md)
     else:
         names = [
             entry.name
@@ -297,11 +300,7 @@ async def run_lab(lab: dict[str, Any], state_dir: Path) -> None:
             for entry in parse_service_config(svc, svc["service"]).device_entries()
         ]
         env.update(lab_keys(broker, state_dir, names))
-    stand_in_keys = None  # a stand-in registers a failing service's devices: with its key
-    if "LABCTL_BROKER_KEY" in env:
-        from labctl.keys import client_keys
-
-        stand_in_keys = client_keys(env["LABCTL_BROKER_KEY"], env.get("LABCTL_KEY"))
+        stand_in_keys = keys.client_keys(env[keys.BROKER_KEY_ENV], env[keys.KEY_ENV])
     with tempfile.TemporaryDirectory(prefix="labctl-lab-") as tmp:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(supervise, "broker", broker_argv(broker, str(state_dir)), env)

@@ -9,7 +9,7 @@ powered off by itself, ``rc=-9``). So these children are forked from the trio th
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -17,14 +17,7 @@ from typing import Any
 
 import trio
 
-PR_SET_PDEATHSIG = 1
-
-
-def _death_signal(sig: int) -> Any:
-    def set_it() -> None:  # in the child, before exec
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
-
-    return set_it
+from .forkserver import die_with_parent
 
 
 class Child:
@@ -68,5 +61,6 @@ class Child:
 def spawn(argv: list[str], death_signal: int = signal.SIGKILL, **popen: Any) -> Child:
     """Start ``argv`` from the calling (trio) thread; it gets ``death_signal`` when this
     process dies. ``popen`` are ``subprocess.Popen`` options (not ``preexec_fn``)."""
-    proc = subprocess.Popen(argv, preexec_fn=_death_signal(death_signal), **popen)  # noqa: PLW1509
+    set_death_signal = functools.partial(die_with_parent, death_signal)
+    proc = subprocess.Popen(argv, preexec_fn=set_death_signal, **popen)  # noqa: PLW1509
     return Child(proc)

@@ -3,6 +3,7 @@ with the trio worker thread that happened to fork them (PR_SET_PDEATHSIG is per 
 
 from __future__ import annotations
 
+import functools
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import trio
 import trio._core._thread_cache as thread_cache
 
-from labctl.services import child_process
+from labctl.services import child_process, forkserver
 
 
 def _worker_threads() -> int:
@@ -45,14 +46,10 @@ def test_a_child_outlives_the_trio_worker_threads(quick_idle_threads: None) -> N
 def test_the_old_way_dies_with_the_worker_thread(quick_idle_threads: None) -> None:
     """What child_process avoids: the same death signal set in a child trio forks."""
 
-    def die_with_parent() -> None:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(child_process.PR_SET_PDEATHSIG, signal.SIGKILL)
-
     async def main() -> None:
         proc = await trio.lowlevel.open_process(
-            [sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=die_with_parent
+            [sys.executable, "-c", "import time; time.sleep(60)"],
+            preexec_fn=functools.partial(forkserver.die_with_parent, signal.SIGKILL),
         )
         with trio.fail_after(10):
             assert await proc.wait() == -signal.SIGKILL  # killed when the idle thread ended

@@ -13,7 +13,7 @@ def test_a_burst_is_trimmed_while_it_lasts_and_twice_after_it(
     trims: list[int] = []
     now = [0]
     heap = upkeep.HeapTrim()
-    monkeypatch.setattr(upkeep, "_trim", lambda: trims.append(now[0]))
+    monkeypatch.setattr(upkeep, "trim_heap", lambda: trims.append(now[0]))
     per_tick = [0, 5, 30_000, 30_000, 100, 0, 3_000, 0, 0, 0, 0, 0, 0, 10]
     for now[0], messages in enumerate(per_tick):
         heap.handled += messages

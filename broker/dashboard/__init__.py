@@ -44,11 +44,10 @@ async def serve_dashboard(
         from hypercorn.trio import serve
 
         from labctl.aio import AsyncLab
-        from labctl.broker.auth import insecure_addresses
+        from labctl.broker.auth import insecure_addresses, is_loopback_host
 
         from .app import build_app
         from .fanout import Fanout
-        from .guard import is_loopback_host
         from .view import LabView
     except ImportError as exc:
         log.error("dashboard not served: a dependency is missing", error=str(exc))

@@ -15,15 +15,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
-LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
+from labctl.broker.auth import is_loopback_host
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-def is_loopback_host(host: str) -> bool:
-    return host in LOOPBACK_NAMES or host.startswith("127.")
 
 
 def _host_name(host_port: str) -> str:
