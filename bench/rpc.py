@@ -1,6 +1,6 @@
 """RPC latency through the broker beside a raw pyzmq floor, in one run.
 
-    python bench/rpc.py [--calls 5000] [--transport tcp|ipc]
+    python bench/rpc.py [--calls 5000] [--transport tcp|ipc] [--parts] [--load N]
 
 Floor: a blocking pyzmq DEALER client -> a blocking ROUTER forwarder process -> a
 blocking DEALER "service" process that answers msgpack, the least any broker design can
@@ -17,6 +17,11 @@ and of `labctl --help`.
 LAB1 service (``broker-only``) and a minimal blocking LAB1 broker with the labctl service
 (``service-only``), both called through the SDK: how much of the excess over the floor
 each labctl process adds.
+
+``--load N`` runs N busy-loop processes meanwhile (``--load 2`` on 2 cores: the loaded
+machine of issue 8), so a loaded run can be repeated. Each round also reads the CPU time
+(user + system, every thread) the client and the other processes of each side spent: CPU
+per RPC moves far less with the machine's noise than latency does.
 
 Reading the numbers on a shared VM: the floor is mostly thread wake-ups (12 per RPC), and
 a wake-up costs more when the woken vCPU has gone idle, so the floor is *slower* on an
@@ -167,12 +172,16 @@ class Floor:
 
 
 def interleaved(
-    calls: int, fns: dict[str, Any], batch: int = 250
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    calls: int, fns: dict[str, Any], batch: int = 250, pids: dict[str, list[int]] | None = None
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, float]]:
     """Time ``calls`` calls of each function, alternating batches, so all see the same
-    noise. Returns the samples and, per round, each one's p50 over the first one's."""
+    noise. Returns the samples; per round, each one's p50 over the first one's; and the
+    CPU seconds per call each one cost this process and the processes in ``pids[name]``
+    (user + system, all threads: libzmq's I/O threads too)."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     ratios: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, float] = dict.fromkeys(fns, 0.0)
+    pids = pids or {}
     for fn in fns.values():  # warm up
         for _ in range(300):
             fn()
@@ -180,16 +189,32 @@ def interleaved(
         medians = {}
         for name, fn in fns.items():
             xs = []
+            c0 = _cpu_seconds(pids.get(name, []))
             for _ in range(batch):
                 t0 = time.perf_counter()
                 fn()
                 xs.append(time.perf_counter() - t0)
+            cpu[name] += _cpu_seconds(pids.get(name, [])) - c0
             samples[name].extend(xs)
             medians[name] = statistics.median(xs)
         first = next(iter(medians.values()))
         for name, median in medians.items():
             ratios[name].append(median / first)
-    return samples, ratios
+    return samples, ratios, {name: cpu[name] / len(samples[name]) for name in fns}
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds used so far by this process and ``pids`` (clock ticks: 10 ms each, so
+    only a batch's total is meaningful)."""
+    own = os.times()
+    total = own.user + own.system
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    return total
 
 
 def start_profiled(h: Any, name: str, argv: list[str]) -> tuple[Proc, Path]:
@@ -269,9 +294,10 @@ def run(calls: int, transport: str, parts: bool = False) -> dict[str, Any]:
         h.wait_online(["bench.1"])
         dev = lab.device("bench.1")
         fns = {"floor": floor.call, "labctl": dev.state}
+        pids = {"floor": [p.pid for p in floor.procs], "labctl": [broker[0].pid, service[0].pid]}
         if parts:
             fns.update(_parts(h, transport))
-        samples, ratios = interleaved(calls, fns)
+        samples, ratios, cpu = interleaved(calls, fns, pids=pids)
         # LABCTL_BENCH_PROFILES=DIR keeps the three profiles
         per_rpc = calls_per_rpc(dev.state, 1000, {"broker": broker, "service": service})
         env = dict(os.environ, LABCTL_BROKER=h.bus)
@@ -288,6 +314,7 @@ def run(calls: int, transport: str, parts: bool = False) -> dict[str, Any]:
                 if name not in ("floor", "labctl")
             },
             "calls_per_rpc": per_rpc,
+            "cpu_us_per_rpc": {name: cpu[name] * 1e6 for name in pids},
             "power": power,
             "help": help_,
         }
@@ -347,16 +374,27 @@ def main() -> None:
     ap.add_argument("--role", choices=["router", "service"])
     ap.add_argument("--lab1", action="store_true", help="the role speaks LAB1 (--parts)")
     ap.add_argument("--address")
+    ap.add_argument(
+        "--load", type=int, default=0, metavar="N",
+        help="run N busy-loop processes meanwhile: a loaded machine, reproducibly",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.role == "router":
         return (lab1_broker if args.lab1 else floor_router)(args.address)
     if args.role == "service":
         return (lab1_service if args.lab1 else floor_service)(args.address)
-    r = run(args.calls, args.transport, args.parts)
+    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
+    try:
+        r = run(args.calls, args.transport, args.parts)
+    finally:
+        for p in load:
+            p.kill()
+            p.wait()
     floor, ours, power_on, help_ = r["floor"], r["labctl"], r["power"], r["help"]
     result = {
         "calls": args.calls,
         "transport": args.transport,
+        "load": args.load,
         "floor": floor,
         "labctl": ours,
         "ratio_p50": ours["p50_us"] / floor["p50_us"],
@@ -365,6 +403,7 @@ def main() -> None:
         "parts": r["parts"],
         "ratio_p99": ours["p99_us"] / floor["p99_us"],
         "calls_per_rpc": r["calls_per_rpc"],
+        "cpu_us_per_rpc": r["cpu_us_per_rpc"],
         "labctl_power_on_wall_ms": power_on * 1000,
         "labctl_help_wall_ms": help_ * 1000,
     }
@@ -374,7 +413,8 @@ def main() -> None:
         f"(ratio {result['ratio_p50']:.2f}, per-round median "
         f"{result['ratio_p50_round_median']:.2f}, rounds {min(r['round_ratios']):.2f}-"
         f"{max(r['round_ratios']):.2f}, target <= 1.5); calls per RPC "
-        f"{r['calls_per_rpc']}; p99 {floor['p99_us']:.0f} / {ours['p99_us']:.0f} us; "
+        f"{r['calls_per_rpc']}; CPU per RPC (all processes, us) "
+        f"{ {k: round(v) for k, v in r['cpu_us_per_rpc'].items()} }; p99 {floor['p99_us']:.0f} / {ours['p99_us']:.0f} us; "
         f"`labctl power on` {power_on * 1000:.0f} ms (target < 250); `labctl --help` {help_ * 1000:.0f} ms (target < 150)"
     )
     for name, part in r["parts"].items():

@@ -22,6 +22,7 @@ import zmq
 
 from labctl import multipart
 from labctl.multipart import NOBLOCK as _NOBLOCK
+from labctl.trio_idle import READY, WOKE, idle_poll
 
 from .peers import Peers
 
@@ -74,7 +75,8 @@ class BusSocket:
 
         Right after the FD fired a message is almost always there: it is received without
         asking EVENTS first (one EVENTS read, two syscalls, less per message; a wake-up for
-        something else costs a zmq.Again). EVENTS is always read before sleeping again."""
+        something else costs a zmq.Again). EVENTS is always read before sleeping again.
+        While trio has nothing else to do, the sleep is in zmq_poll (``trio_idle``)."""
         self._handle = handle
         sock, recv = self.sock, self.recv
         woke = False
@@ -92,6 +94,14 @@ class BusSocket:
                 handle(recv())
                 n += 1
             if n == 256:
+                await trio.lowlevel.checkpoint()
+                woke = False
+                continue
+            verdict = idle_poll(sock)  # trio idle: sleep in zmq_poll, no scheduler trip
+            if verdict == READY:
+                woke = True
+                continue
+            if verdict == WOKE:  # something else needs trio; then look again
                 await trio.lowlevel.checkpoint()
                 woke = False
                 continue

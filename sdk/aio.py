@@ -22,10 +22,16 @@ import trio
 import zmq
 
 from . import core, protocol
-from .aio_streams import AsyncByteStream, AsyncConsole, AsyncEventStream
-from .client import RequestForgotten, broker_address, holder_identity, identity_metadata
+from .aio_streams import AsyncByteStream, AsyncConsole, AsyncEventStream, watch_handshake
+from .client import (
+    CONNECT_TIMEOUT,
+    RequestForgotten,
+    broker_address,
+    holder_identity,
+    identity_metadata,
+)
 from .durations import parse_duration
-from .errors import LabError, LeaseNotFound, LeaseRequired, MethodNotFound
+from .errors import BrokerUnreachable, LabError, LeaseNotFound, LeaseRequired, MethodNotFound
 from .keys import ClientKeys, client_keys, secure
 from .lease_view import DeviceInfo, LeaseView
 from .triozmq import TrioSocket
@@ -160,6 +166,10 @@ class AsyncLab:
         self._pending: dict[int, trio.MemorySendChannel[protocol.Message]] = {}
         self._requests = core.Requests()
         self._answered = False
+        #: requests waiting for that, each with its full deadline: until the broker first
+        #: answers a request waits CONNECT_TIMEOUT at most (it is probably not there)
+        self._first_waits: dict[trio.CancelScope, float] = {}
+        self._refusal: BrokerUnreachable | None = None  # the handshake refused for good
         self._welcome: dict[str, Any] | None = None
 
     async def __aenter__(self) -> AsyncLab:
@@ -169,17 +179,39 @@ class AsyncLab:
         self.handshake = secure(raw, self.keys, self.address)
         raw.connect(self.address)
         self.sock = TrioSocket(raw)
+        self._answered, self._refusal = False, None  # a new connection
+        self._watching = trio.CancelScope()  # the handshake watch, until the first answer
         self._nursery_cm = trio.open_nursery()
         self.nursery = await self._nursery_cm.__aenter__()
+        self.nursery.start_soon(self._watch_handshake)
         self.nursery.start_soon(self._receiver)
         return self
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         self.nursery.cancel_scope.cancel()
-        result = await self._nursery_cm.__aexit__(*exc)
-        self.handshake.stop()
-        self.sock.close()
+        try:
+            result = await self._nursery_cm.__aexit__(*exc)
+        except BaseExceptionGroup as group:  # raise the body's own error as Lab does, not
+            if exc[1] is None or group.exceptions != (exc[1],):  # trio's group around it
+                raise
+            raise exc[1] from None
+        finally:
+            self.handshake.stop()
+            self.sock.close()
         return result
+
+    async def _watch_handshake(self) -> None:
+        """Until the broker first answers: fail the waiting requests as soon as a handshake
+        is refused (as ``Lab`` does), not at their timeout."""
+        with self._watching:
+            await watch_handshake(self.handshake, self._refused)
+
+    def _refused(self, error: BrokerUnreachable) -> None:
+        """Refused for good: libzmq does not dial again after a refused key or a mechanism
+        mismatch, so the waiting requests fail now, and the later ones at once."""
+        self._refusal = error
+        for waiting in self._first_waits:  # each raises the handshake's line (request's end)
+            waiting.cancel()
 
     async def _receiver(self) -> None:
         while True:
@@ -188,7 +220,12 @@ class AsyncLab:
                 msg = protocol.decode(frames)
             except LabError:
                 continue
-            self._answered = True
+            if not self._answered:  # the first answer: the handshake is good, stop watching
+                self._answered = True
+                self._watching.cancel()
+                for waiting, deadline in self._first_waits.items():
+                    waiting.deadline = deadline  # the broker is there: the call's own timeout
+                self._first_waits.clear()
             chan = self._pending.get(msg.id)
             if chan is not None:
                 chan.send_nowait(msg)
@@ -205,13 +242,19 @@ class AsyncLab:
         With ``idle``, a request that hears nothing about itself (reply or progress) for
         that long raises RequestForgotten: the broker restarted and lost it.
         """
+        if self._refusal is not None:
+            raise BrokerUnreachable(self._refusal.message, self._refusal.details)
         timeout = self.timeout if timeout is None else timeout
         rid, frames = self._requests.frames(msg, timeout)
         send, recv = trio.open_memory_channel[protocol.Message](math.inf)
         self._pending[rid] = send
+        first = not self._answered
+        waiting = trio.move_on_after(min(timeout, CONNECT_TIMEOUT) if first else timeout)
         try:
-            await self.sock.send(frames)
-            with trio.move_on_after(timeout):
+            with waiting:
+                if first:  # a refusal cancels it (no peer left to send to)
+                    self._first_waits[waiting] = trio.current_time() + timeout
+                await self.sock.send(frames)
                 while True:
                     got = None
                     with trio.move_on_after(math.inf if idle is None else idle):
@@ -223,8 +266,12 @@ class AsyncLab:
                         return value
         finally:
             del self._pending[rid]
-        refused = None if self._answered else self.handshake.error()
-        raise refused or core.timeout_error(self.address, msg, timeout, self._answered)
+            self._first_waits.pop(waiting, None)
+        # timed out, or _refused; the handshake watch may still read the monitor: take
+        # only what it was given
+        refused = None if self._answered else self.handshake.error(drain=False)
+        waited = timeout if self._answered else min(timeout, CONNECT_TIMEOUT)
+        raise refused or core.timeout_error(self.address, msg, waited, self._answered)
 
     async def call(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -19,8 +20,8 @@ from pexpect import EOF, TIMEOUT
 from . import core, protocol
 from .client import CONNECT_TIMEOUT, events_address, identity_metadata
 from .console import printed_tail
-from .errors import LabError, Timeout
-from .keys import ClientKeys
+from .errors import BrokerUnreachable, LabError, Timeout
+from .keys import ClientKeys, HandshakeWatch, secure
 from .keys import apply as apply_keys
 from .streams import ACK_TIMEOUT, InputLog, note_epoch
 from .triozmq import TrioSocket
@@ -31,12 +32,58 @@ if TYPE_CHECKING:
 __all__ = ["EOF", "TIMEOUT", "AsyncByteStream", "AsyncConsole", "AsyncEventStream"]
 
 
-def _dealer(address: str, keys: ClientKeys | None) -> TrioSocket:
+def _dealer(address: str, keys: ClientKeys | None) -> tuple[TrioSocket, HandshakeWatch]:
     raw: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
-    apply_keys(raw, keys)  # CURVE if the lab has keys; a refusal is explained by the lab's socket
+    watch = secure(raw, keys, address)  # CURVE if the lab has keys; the open watches it
     raw.connect(address)
-    return TrioSocket(raw)
+    return TrioSocket(raw), watch
+
+
+async def watch_handshake(
+    watch: HandshakeWatch, refused: Callable[[BrokerUnreachable], None]
+) -> None:
+    """Until cancelled (the broker answered): call ``refused`` each time a handshake fails
+    for good (a key the broker does not list, no keys for a CURVE broker, keys for an open
+    one), so a refusal is told at once, not at the timeout; then stop the watch.
+
+    Run it in the task that waits for the socket's first answer, and cancel it then: this
+    task is the monitor's only reader, and nothing is watched once the broker answered."""
+    monitor = watch.monitor
+    try:
+        if monitor is None:
+            return
+        events = TrioSocket(monitor)
+        while True:
+            error = watch.heard(await events.recv())
+            if error is not None:
+                refused(error)
+    finally:  # no task waits on the monitor's fd any more: it may close
+        watch.stop()
+
+
+async def first_answer(
+    sock: TrioSocket, watch: HandshakeWatch, address: str, timeout: float
+) -> list[Any]:
+    """The first message on a fresh connection, watching its handshake meanwhile (as
+    ``Lab`` does): a refusal raises its one line at once; silence, BrokerUnreachable after
+    ``timeout`` (with the handshake's reason when one failed)."""
+    got: list[Any] | None = None
+    told: list[BrokerUnreachable] = []
+    with trio.move_on_after(timeout) as waiting:
+
+        def refused(error: BrokerUnreachable) -> None:
+            told.append(error)
+            waiting.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_handshake, watch, refused)
+            got = await sock.recv()
+            nursery.cancel_scope.cancel()
+    if got is None:
+        error = told[0] if told else watch.error()
+        raise error or core.timeout_error(address, None, timeout, False)
+    return got
 
 
 class AsyncByteStream:
@@ -97,15 +144,15 @@ class AsyncByteStream:
         """Open (or reopen) on a fresh socket; the open's reply is awaited right here."""
         if self._sock is not None:
             self._sock.close()
-        self._sock = sock = _dealer(self.address, self.keys)
+        sock, watch = _dealer(self.address, self.keys)
+        self._sock = sock
         rid, frames = core.Requests().frames(self.state.open_message(), self.timeout)
-        await sock.send(frames)
-        got = None
-        with trio.move_on_after(min(CONNECT_TIMEOUT, self.timeout)):
-            got = await sock.recv()
-        if got is None:
-            raise core.timeout_error(self.address, None, CONNECT_TIMEOUT, False)
-        frames = got
+        try:
+            await sock.send(frames)
+            wait = min(CONNECT_TIMEOUT, self.timeout)
+            frames = await first_answer(sock, watch, self.address, wait)
+        finally:
+            watch.stop()  # first_answer's watcher has stopped it, unless the send failed
         with trio.move_on_after(self.timeout):
             while True:
                 msg = protocol.decode(frames)

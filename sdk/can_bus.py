@@ -12,6 +12,10 @@ The lease: ``lease=`` (an id), else ``LABCTL_LEASE``, else one is taken on the d
 the bus's lifetime (``receive_only=True``: none, and ``send`` raises). ``broker=`` or
 ``LABCTL_BROKER`` says where the lab is.
 
+Threads: one thread may wait in ``recv()`` (no timeout) while another calls ``set_filters``
+or ``shutdown``; those return within about ``RECV_SLICE`` (the receive stream's socket is
+zmq's, usable by one thread at a time, so ``recv`` waits in slices and lets them in between).
+
 What may go wrong: when the lease ends, ``send`` raises ``CanOperationError``; a reader
 that falls more than the service's buffer behind loses frames (``bus.lost`` counts them).
 """
@@ -20,7 +24,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import can
@@ -29,6 +35,10 @@ from can.typechecking import CanFilters
 
 from .can import FrameStream, filters_from_python_can
 from .errors import LabError
+
+#: seconds ``recv`` waits on the receive stream before letting ``set_filters``/``shutdown``
+#: at it; a frame that arrives within a slice is returned at once, not at its end
+RECV_SLICE = 0.1
 
 
 class LabctlBus(can.BusABC):
@@ -55,6 +65,7 @@ class LabctlBus(can.BusABC):
         self._rx: FrameStream | None = None
         self._tx: FrameStream | None = None
         self._rx_lock, self._tx_lock = threading.Lock(), threading.Lock()
+        self._rx_gate = threading.Lock()  # taken to queue for _rx_lock (see _rx_turn)
         self._filters_sent: list[dict[str, Any]] = []
         try:
             lease_id = lease or os.environ.get("LABCTL_LEASE")
@@ -82,9 +93,22 @@ class LabctlBus(can.BusABC):
     def lost(self) -> int:
         return self._rx.lost if self._rx is not None else 0
 
+    @contextmanager
+    def _rx_turn(self) -> Iterator[None]:
+        """The receive stream to this thread alone (its zmq socket is not thread-safe).
+        Callers queue on ``_rx_gate`` first, so at most one waits for ``_rx_lock``: a
+        reader that gives it up between slices cannot take it straight back ahead of a
+        ``set_filters`` or ``shutdown`` already waiting (``threading.Lock`` is not fair)."""
+        with self._rx_gate:
+            self._rx_lock.acquire()
+        try:
+            yield
+        finally:
+            self._rx_lock.release()
+
     def _apply_filters(self, filters: CanFilters | None) -> None:
         wanted = filters_from_python_can(filters)  # type: ignore[arg-type]
-        with self._rx_lock:
+        with self._rx_turn():
             if self._rx is not None and wanted == self._filters_sent:
                 return
             old, self._rx = self._rx, None
@@ -94,16 +118,29 @@ class LabctlBus(can.BusABC):
             self._filters_sent = wanted
 
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
-        with self._rx_lock:
-            if self._rx is None:
-                raise can.CanOperationError("labctl bus is shut down")
-            try:
-                msg = self._rx.recv(timeout)
-            except LabError as exc:
-                raise can.CanOperationError(f"labctl: {exc.message}") from exc
-        if msg is not None:
-            msg.channel = self.channel_info.rsplit(" ", 1)[-1]
-        return msg, True  # the service applied the filters
+        """Wait in slices of ``RECV_SLICE``, giving up the stream between them, so that
+        ``set_filters`` (the next slice reads the new stream) and ``shutdown`` from other
+        threads need not wait for a frame. Raises ``CanOperationError`` once the bus is
+        shut down, also in a ``recv()`` that was waiting when it was (as python-can's own
+        interfaces do on a closed bus), and when the service closed the frames stream."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = RECV_SLICE if deadline is None else max(0.0, deadline - time.monotonic())
+            with self._rx_turn():
+                rx = self._rx
+                if rx is None:
+                    raise can.CanOperationError("labctl bus is shut down")
+                try:
+                    msg = rx.recv(min(left, RECV_SLICE))
+                except LabError as exc:
+                    raise can.CanOperationError(f"labctl: {exc.message}") from exc
+                if msg is None and rx.closed_reason is not None:  # else recv() would spin
+                    raise can.CanOperationError(f"labctl: frames stream {rx.closed_reason}")
+            if msg is not None:
+                msg.channel = self.channel_info.rsplit(" ", 1)[-1]
+                return msg, True  # the service applied the filters
+            if deadline is not None and time.monotonic() >= deadline:
+                return None, True
 
     def send(self, msg: can.Message, timeout: float | None = None) -> None:
         if self._tx is None:
@@ -145,17 +182,22 @@ class LabctlBus(can.BusABC):
         return getattr(can.BusState, found, can.BusState.ACTIVE)  # type: ignore[no-any-return]
 
     def shutdown(self) -> None:
+        """Stop periodic tasks, close the streams, release a lease the bus took. Returns
+        within about ``RECV_SLICE`` even while another thread waits in ``recv()``; that
+        ``recv()`` then raises ``CanOperationError`` ("labctl bus is shut down")."""
         super().shutdown()  # stops periodic tasks
         self._close_all()
 
     def _close_all(self) -> None:
-        for stream in (self._rx, self._tx):
+        with self._rx_turn():  # a recv() in another thread lets us in within one slice
+            rx, self._rx = self._rx, None
+        for stream in (rx, self._tx):
             if stream is not None:
                 try:
                     stream.close()
                 except Exception:
                     pass
-        self._rx = self._tx = None
+        self._tx = None
         if self._held is not None:
             try:
                 self._held.release()

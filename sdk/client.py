@@ -132,8 +132,10 @@ class BusClient:
         full_deadline = now + timeout
         # until the broker has answered once, give up early: it is probably not there
         deadline = full_deadline if self._answered else min(full_deadline, now + CONNECT_TIMEOUT)
-        sock = self.sock
-        multipart.send(sock, frames)
+        try:
+            multipart.send(self.sock, frames, multipart.NOBLOCK)
+        except zmq.Again:  # no connection to queue it on (yet, or a refused one: for good)
+            self._send_when_connected(frames, deadline, msg, timeout)
         heard = now
         while True:
             limit = deadline if idle is None else min(deadline, heard + idle)
@@ -154,6 +156,27 @@ class BusClient:
             done, value = core.settle(got, progress)
             if done:
                 return value
+
+    def _send_when_connected(
+        self, frames: list[Any], deadline: float, msg: Any, timeout: float
+    ) -> None:
+        """Send once the socket has a connection to queue on, until ``deadline``. libzmq
+        does not dial again after the broker refused our key: without this a call after a
+        refusal would block in send for ever."""
+        while True:
+            refused = self.handshake.error()
+            if refused is not None:
+                raise refused
+            ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if ms <= 0:
+                waited = timeout if self._answered else min(timeout, CONNECT_TIMEOUT)
+                raise core.timeout_error(self.address, msg, waited, self._answered)
+            if self.sock.poll(min(ms, 100), zmq.POLLOUT):
+                try:
+                    multipart.send(self.sock, frames, multipart.NOBLOCK)
+                    return
+                except zmq.Again:
+                    continue
 
     def _first_receive(self, deadline: float) -> protocol.Message | None:
         """Before the broker's first answer: wait on the socket and on the handshake monitor

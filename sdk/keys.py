@@ -192,12 +192,12 @@ _DECISIVE = {int(zmq.EVENT_HANDSHAKE_FAILED_AUTH), int(zmq.EVENT_HANDSHAKE_FAILE
 
 
 class HandshakeWatch:
-    """What the socket's handshakes said, read only when a connect or request times out.
+    """What the socket's handshakes said, read until the broker first answers.
 
     A socket monitor (an inproc PAIR fed by libzmq's I/O thread, handshake events only)
     costs nothing per message; ``explain`` drains it without blocking and turns what failed
-    since the last good handshake into the one line the user needs. ``stop`` before the
-    socket closes.
+    since the last good handshake into the one line the user needs (an event loop waits on
+    ``monitor`` and hands each event to ``heard``). ``stop`` before the socket closes.
     """
 
     def __init__(self, sock: zmq.Socket[Any], keys: ClientKeys | None, address: str) -> None:
@@ -213,18 +213,30 @@ class HandshakeWatch:
                 frames = mon.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            event = struct.unpack("=h", frames[0][:2])[0]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._failures.clear()
-            else:
-                self._failures.add(event)
+            self._note(frames)
 
-    def explain(self) -> str | None:
+    def _note(self, frames: list[bytes]) -> None:
+        event = struct.unpack("=h", frames[0][:2])[0]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._failures.clear()
+        else:
+            self._failures.add(event)
+
+    def heard(self, frames: list[bytes]) -> BrokerUnreachable | None:
+        """For an event loop that waits on ``monitor`` itself (the trio SDK): note one event
+        it received; then as ``refused``, without touching the monitor (a read here could
+        take the edge the loop's wait is armed on)."""
+        self._note(frames)
+        return self.error(drain=False) if self._failures & _DECISIVE else None
+
+    def explain(self, drain: bool = True) -> str | None:
         """The reason the broker has not answered, if a handshake failure says it.
 
         A refusal can also surface as a bare disconnect (the broker closes right after its
-        ERROR), so the most telling event since the last success wins."""
-        self._drain()
+        ERROR), so the most telling event since the last success wins. ``drain=False``:
+        only what ``heard`` was given (an event loop owns the monitor)."""
+        if drain:
+            self._drain()
         if not self._failures:
             return None
         event = min(self._failures, key=lambda e: _TELLING.index(e) if e in _TELLING else 9)
@@ -244,8 +256,8 @@ class HandshakeWatch:
             f"key {self.keys.public.decode()} in its authorized_keys?"
         )
 
-    def error(self) -> BrokerUnreachable | None:
-        why = self.explain()
+    def error(self, drain: bool = True) -> BrokerUnreachable | None:
+        why = self.explain(drain)
         return None if why is None else BrokerUnreachable(why, {"broker": self.address})
 
     @property

@@ -21,6 +21,7 @@ from . import multipart
 from .multipart import NOBLOCK as _NOBLOCK
 from .multipart import POLLIN as _POLLIN
 from .multipart import POLLOUT as _POLLOUT
+from .trio_idle import READY, WOKE, idle_poll
 
 _SEND_RETRY = 0.005  # seconds between send attempts while the peer is full
 
@@ -90,7 +91,18 @@ class TrioSocket:
     async def wait_readable(self) -> None:
         """Sleep until a message may be ready. Only right after ``recv_nowait()`` returned
         None: that read EVENTS, which re-armed the FD's edge; ``recv()`` reads it twice
-        more before it sleeps (per message a loop receives). May wake with nothing."""
+        more before it sleeps (per message a loop receives). May wake with nothing.
+
+        While trio has nothing else to do it sleeps in zmq_poll, not in trio's loop
+        (``trio_idle``): a message is then received without a pass through the scheduler.
+        """
+        if self._sleeper is None:  # no other task sleeps on this socket's fd
+            verdict = idle_poll(self.sock)
+            if verdict == READY:
+                return
+            if verdict == WOKE:
+                await trio.lowlevel.checkpoint()
+                return
         await self._wait(_POLLIN, checked=True)
 
     def recv_woken(self, copy: bool = True) -> list[Any] | None:

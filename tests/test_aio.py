@@ -10,9 +10,9 @@ import pytest
 import trio
 
 from labctl.aio import AsyncLab, AsyncLease
-from labctl.errors import BadArguments
+from labctl.errors import BadArguments, BrokerUnreachable
 
-from .harness import LabHarness, Proc, power_service, wait_until
+from .harness import LabHarness, Proc, free_port, power_service, wait_until
 from .test_uploads import SINK
 
 
@@ -199,5 +199,18 @@ def test_async_keys_typed_while_the_broker_is_down_arrive_once_it_is_back(
             await con.sendline("four")
             await con.expect_exact("four\n", timeout=10)
             assert con.before == ""
+
+    trio.run(main)
+
+
+def test_async_lab_without_a_broker_says_so_after_the_connect_timeout() -> None:
+    from labctl.client import CONNECT_TIMEOUT
+
+    async def main() -> None:
+        async with AsyncLab(f"tcp://127.0.0.1:{free_port()}", timeout=60) as lab:
+            started = trio.current_time()
+            with pytest.raises(BrokerUnreachable, match="no answer from the broker"):
+                await lab.devices()
+            assert trio.current_time() - started < CONNECT_TIMEOUT + 2  # as Lab: not 60 s
 
     trio.run(main)

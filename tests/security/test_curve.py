@@ -227,6 +227,30 @@ def test_an_unknown_key_is_refused_in_one_line(curve_lab: tuple[LabHarness, Curv
     assert "refused a key that is not in authorized_keys" in harness.broker.output()  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("who", ["unknown key", "no keys"])
+def test_a_refused_client_is_told_again_on_its_next_calls_not_left_hanging(
+    curve_lab: tuple[LabHarness, CurveKeys], monkeypatch: pytest.MonkeyPatch, who: str
+) -> None:
+    harness, _ = curve_lab
+    if who == "no keys":
+        monkeypatch.setenv("LABCTL_BROKER_KEY", "")
+        client_keys, told = None, "requires CURVE keys"
+    else:
+        pair = keys.own_key("bob")
+        assert pair.secret is not None
+        server = keys.public_key(os.environ["LABCTL_BROKER_KEY"])
+        client_keys, told = keys.ClientKeys(server, pair.public, pair.secret), "refused key"
+    bus = BusClient(harness.bus, 30.0, client_keys)
+    try:
+        for _ in range(3):  # libzmq may not dial again after a refusal: the send then has
+            started = time.monotonic()  # no connection to queue on (it blocked for ever)
+            with pytest.raises(BrokerUnreachable, match=told):
+                bus.call("hello")
+            assert time.monotonic() - started < 10
+    finally:
+        bus.close()
+
+
 def test_a_client_without_keys_is_told_the_broker_requires_them(
     curve_lab: tuple[LabHarness, CurveKeys],
 ) -> None:
