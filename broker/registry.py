@@ -9,6 +9,7 @@ it outlives a device's registration and (persisted by the broker) a broker resta
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,9 @@ class Registry:
         self.services: dict[bytes, Service] = {}
         #: health by device name, also for devices not registered (yet, or any more)
         self.health: dict[str, tuple[str, str]] = {}
+        #: told each health change (an admin's or the broker's), after it is made: the
+        #: stream router revokes write access that rested on the old health
+        self.on_health: list[Callable[[Device], None]] = []
 
     def device_for(self, name: Any) -> Device:
         """The device a request names; BadRequest / DeviceNotFound (the error replies)."""
@@ -122,6 +126,8 @@ class Registry:
             raise DeviceNotFound(f"no device named {name!r}", {"device": name})
         dev.health, dev.health_reason = health, reason
         self.health[name] = (health, reason)
+        for changed in self.on_health:
+            changed(dev)
         return dev
 
     def register(

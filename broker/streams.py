@@ -9,6 +9,11 @@ forwarded as the same frames: stream bytes are never copied in Python.
 
 The router gets what it needs injected: the registry, the lease access policy, an outbox
 to send with, and the metrics it counts bytes in.
+
+Write access lasts as long as the rule that allowed it: a route under a lease is closed
+when the lease ends (``lease_ended``); when a device's health changes (``health_changed``,
+told by the registry), a writer forced onto it in maintenance is closed once maintenance
+ends, and any other writer once it begins. Read-only routes need no rule and stay.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from . import limits
 from .access import LeaseAccess, Roles
 from .metrics import BrokerMetrics
 from .outbox import Outbox
-from .registry import Registry
+from .registry import Device, Registry
 
 log = structlog.get_logger("streams")
 
@@ -48,6 +53,7 @@ class Route:
     name: str
     lease: str | None
     writable: bool
+    forced: bool = False  # a writer let in by ``force`` on a device in maintenance (§8)
     who: str = ""  # the client's identity (limits.MAX_STREAMS counts per identity)
     to_client_credit: int = 0  # bytes the client granted the service
     to_service_credit: int = 0  # bytes the service granted the client
@@ -82,6 +88,7 @@ class StreamRouter:
         # Ids start at a random point each broker run, so a client resuming after a
         # restart never collides with a stream some other client opened meanwhile.
         self._next_sid = secrets.randbelow(1 << 40)
+        registry.on_health.append(self.health_changed)
 
     def handle(self, ident: bytes, msg: Message) -> None:
         if msg.mtype == protocol.STREAM_OPEN and not protocol.StreamAccept.is_accept(msg):
@@ -123,6 +130,11 @@ class StreamRouter:
             if from_client:
                 if not route.writable:
                     self.close(route, "stream is read-only for this client (no lease)", both=True)
+                    return
+                # forced bytes reach only a device in maintenance (health_changed closes the
+                # route when it ends; this holds on any other path to a new health too)
+                if route.forced and (why := self._revoked(route)):
+                    self.close(route, why)
                     return
                 route.to_service_credit -= size
                 overrun = route.to_service_credit < 0
@@ -186,6 +198,9 @@ class StreamRouter:
             name=name,
             lease=req.lease if req.write else None,
             writable=req.write,
+            # force lets a writer in only while the device is in maintenance (else the lease
+            # check above decided, as for anyone): only such a route ends with maintenance
+            forced=bool(req.write and req.force and dev.health == "maintenance"),
             who=who,
             to_client_credit=credit,
         )
@@ -260,3 +275,25 @@ class StreamRouter:
     def lease_ended(self, lease_id: str) -> None:
         for route in [r for r in self.routes.values() if r.lease == lease_id]:
             self.close(route, "lease ended: write access revoked")
+
+    def health_changed(self, dev: Device) -> None:
+        """Close ``dev``'s write routes whose access rested on its old health, with the
+        reason as the writer's ``stream-closed`` error; its read-only routes stay."""
+        for route in [r for r in self.routes.values() if r.device == dev.name and r.writable]:
+            why = self._revoked(route)
+            if why:
+                self.close(route, why)
+
+    def _revoked(self, route: Route) -> str:
+        """Why ``route``'s write access no longer holds ('' while it does). A forced writer
+        needs no lease only because the device is in maintenance: it ends with maintenance
+        (the device may be leased next). Maintenance refuses writes to everyone else, even
+        the lease holder (§8). A lease's end is ``lease_ended``'s."""
+        dev = self.registry.devices.get(route.device)
+        in_maintenance = dev is not None and dev.health == "maintenance"
+        if route.forced:
+            return "" if in_maintenance else "maintenance ended: forced write access revoked"
+        if dev is None or not in_maintenance:
+            return ""
+        why = f" ({dev.health_reason})" if dev.health_reason else ""
+        return f"device in maintenance{why}: write access revoked"

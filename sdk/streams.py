@@ -255,6 +255,13 @@ class ByteStream:
             why, self.state.pending_resume = self.state.pending_resume, None
             self._resume(why)
 
+    def _take_arrived(self) -> None:
+        """Before a write: handle what already arrived, so a close the broker sent meanwhile
+        (the lease ended, the device's maintenance began or ended) raises from this write
+        instead of the bytes going to a route that is gone."""
+        if self._client is not None and multipart.events(self._client.sock) & multipart.POLLIN:
+            self._pump(0)
+
     def _probe(self) -> None:
         """A `hello` round trip on the stream's socket (stream messages that arrive
         meanwhile are handled); silence closes or resumes the stream (StreamState)."""
@@ -299,6 +306,7 @@ class ByteStream:
 
         With an ``input_id``, StreamClosed if the stream had to be reopened and earlier
         input may not have arrived (see the module docstring)."""
+        self._take_arrived()
         if self._input is None:
             self._send_data(memoryview(data), None)
             return
