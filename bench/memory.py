@@ -7,12 +7,16 @@ Reports RSS, PSS and USS (from /proc/PID/smaps_rollup) of each service process o
 device is online and the process has idled a second. USS (pages only that process holds) is
 what one more service costs a lab host; PSS splits shared pages fairly; RSS counts shared
 pages (Python, OpenSSL, pydantic-core, libzmq) in full for every process. Targets (DESIGN
-§13): standalone RSS < 40 MB; under `lab up` with 20 services, USS < 12 MB each.
+§13): standalone RSS < 40 MB (38.1 MiB); under `lab up` with 20 services, USS < 12 MB each.
 
 The floor, measured in the same rounds: a process that only does what every service's
 libraries make it do (import trio, pyzmq, msgpack, pydantic, structlog and PyYAML, validate
-one small model, log a line, idle in ``trio.run`` with one DEALER socket). The service's RSS
-minus the floor's is what labctl itself adds; the floor is what no labctl change can remove.
+one small model, log a line, idle in ``trio.run`` with one DEALER socket), with pydantic's
+plugins off and importing them as a service does: the modules they import that an idle
+service never uses (ssl, asyncio, ...: services/lazy_imports.py) are imported only on first
+use. The service's RSS minus the floor's is what labctl itself adds. The eager floor is the
+same process importing everything up front (about 42 MiB here: over the target); minus the
+floor, it is what deferring those modules saves.
 
 Every measured process reads its byte code from a cache this run warms first (in the run's
 temp dir), as an installed labctl does (pip compiles it): with PYTHONDONTWRITEBYTECODE set,
@@ -39,10 +43,14 @@ from common import new_lab
 from labctl.errors import LabError
 from tests.harness import LABCTL, free_port, wait_until
 
+#: argv: BUS ("service" | "eager"): import the libraries as a service does, or all at once
 FLOOR = r"""
-import ctypes, gc, sys
-import msgpack, structlog, trio, yaml, zmq
-from pydantic import BaseModel, ConfigDict
+import contextlib, ctypes, gc, os, sys
+from labctl.services.lazy_imports import deferred
+os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
+with deferred() if sys.argv[2] == "service" else contextlib.nullcontext():
+    import msgpack, structlog, trio, yaml, zmq
+    from pydantic import BaseModel, ConfigDict
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -65,6 +73,9 @@ async def main():
 
 trio.run(main)
 """
+
+
+MB = 1.048576  # MB per MiB
 
 
 def smaps(pid: int) -> dict[str, float]:
@@ -121,8 +132,8 @@ def warm_byte_code(env: dict[str, str]) -> None:
     """Compile what services and `lab up` import into ``env``'s PYTHONPYCACHEPREFIX."""
     code = "import labctl.services.launch, labctl.services.power.mock, labctl.cli.main"
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
-    subprocess.run([sys.executable, "-c", FLOOR.replace("trio.run(main)", "")], env=env,
-                   check=True)  # fmt: skip
+    subprocess.run([sys.executable, "-c", FLOOR.replace("trio.run(main)", ""), "", "eager"],
+                   env=env, check=True)  # fmt: skip
 
 
 def standalone(h, lab) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -138,8 +149,8 @@ def standalone(h, lab) -> dict[str, float]:  # type: ignore[no-untyped-def]
         proc.wait(10)
 
 
-def floor(h) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    proc = subprocess.Popen([sys.executable, "-c", FLOOR, h.bus], env=h.env,
+def floor(h, how: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR, h.bus, how], env=h.env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
@@ -191,13 +202,14 @@ def main() -> None:
     h = new_lab("ipc")
     env = {k: v for k, v in h.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
     h.env = env = dict(env, PYTHONPYCACHEPREFIX=str(h.root / "pycache"))
-    alone, base = [], []
+    alone, base, eager = [], [], []
     try:
         warm_byte_code(env)
         h.start_broker()
         lab = h.lab(timeout=5)
         for _ in range(args.rounds):  # interleaved: both see the same machine
-            base.append(floor(h))
+            base.append(floor(h, "service"))
+            eager.append(floor(h, "eager"))
             alone.append(standalone(h, lab))
         root = Path(new_lab("ipc").root)
         try:
@@ -207,19 +219,22 @@ def main() -> None:
     finally:
         h.close()
         shutil.rmtree(h.root, ignore_errors=True)
-    service, libs = median(alone), median(base)
-    out = {"standalone_mib": service, "floor_mib": libs,
+    service, libs, libs_eager = median(alone), median(base), median(eager)
+    out = {"standalone_mib": service, "floor_mib": libs, "eager_floor_mib": libs_eager,
            "labctl_adds_rss_mib": round(service["rss"] - libs["rss"], 1),
+           "deferring_saves_rss_mib": round(libs_eager["rss"] - libs["rss"], 1),
            "lab_up": {"services": len(samples), **summary(samples)},
            "fork_server_mib": {k: round(v, 1) for k, v in server.items()}}  # fmt: skip
     print(json.dumps(out, indent=2))
     lu = out["lab_up"]
     print(
-        f"standalone idle service: RSS {service['rss']:.1f} MiB (target < 40), USS "
-        f"{service['uss']:.1f}; its libraries' floor: RSS {libs['rss']:.1f} (labctl adds "
-        f"{out['labctl_adds_rss_mib']:.1f}); under lab up ({len(samples)} services): USS median "
-        f"{lu['uss_median']:.1f} MiB (target < 12), PSS {lu['pss_median']:.1f}, "
-        f"RSS {lu['rss_median']:.1f}; the fork server: RSS {server.get('rss', 0):.1f}"
+        f"standalone idle service: RSS {service['rss']:.1f} MiB = {service['rss'] * MB:.1f} MB "
+        f"(target < 40 MB = 38.1 MiB), USS {service['uss']:.1f} MiB; its libraries' floor: "
+        f"RSS {libs['rss']:.1f} (labctl adds {out['labctl_adds_rss_mib']:.1f}; imported "
+        f"eagerly {libs_eager['rss']:.1f}: deferring saves {out['deferring_saves_rss_mib']:.1f})"
+        f"; under lab up ({len(samples)} services): USS median {lu['uss_median']:.1f} MiB "
+        f"(target < 12), PSS {lu['pss_median']:.1f}, RSS {lu['rss_median']:.1f}; the fork "
+        f"server: RSS {server.get('rss', 0):.1f}"
     )
 
 

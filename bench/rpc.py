@@ -23,6 +23,11 @@ machine of issue 8), so a loaded run can be repeated. Each round also reads the 
 (user + system, every thread) the client and the other processes of each side spent: CPU
 per RPC moves far less with the machine's noise than latency does.
 
+Where the time goes (this VM, issue 8.5): the floor's processes spend it in the kernel and
+libzmq; labctl's add Python. A trip through trio's scheduler per received message cost
+10-25 µs of CPU, so the service and the broker sleep in zmq_poll while trio is idle
+(``labctl.trio_idle``; ``LABCTL_TRIO_IDLE_POLL=0`` turns it off for an A/B run).
+
 Reading the numbers on a shared VM: the floor is mostly thread wake-ups (12 per RPC), and
 a wake-up costs more when the woken vCPU has gone idle, so the floor is *slower* on an
 idle machine (~300 us here) than on a busy one (~140 us), while labctl's own Python and

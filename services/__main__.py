@@ -1,9 +1,12 @@
 """``python -m labctl.services CONFIG.yaml [--broker ADDRESS]``: run one service without the CLI.
 
-`labctl service run` execs this (and `labctl lab up` starts services this way): the same
-runtime, without click and the CLI's modules in the process, so an idle service stays
-small (DESIGN §13). Pydantic's plugin discovery is off here (it scans every installed
-distribution's metadata: ~2 MB resident for no plugin a service uses).
+`labctl service run` execs this: the same runtime, without click and the CLI's modules in the
+process, so an idle service stays small (DESIGN §13). Pydantic's plugin discovery is off here
+(it scans every installed distribution's metadata: ~2 MB resident for no plugin a service
+uses), and what its libraries import but an idle service never uses (ssl, asyncio, hmac,
+secrets...: ~8 MiB) is imported on first use (services/lazy_imports.py). `labctl lab up` forks
+its services from services/forkserver.py instead, which imports everything up front for its
+children to share.
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ def main() -> None:
     if len(args) != 1 or args[0].startswith("-"):
         sys.exit(USAGE)
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    from labctl.errors import LabError
+    from .lazy_imports import deferred
 
-    from .launch import run_service
+    with deferred():  # what the libraries import and an idle service never uses
+        from labctl import client  # noqa: F401  (the broker address, read at start)
+        from labctl.errors import LabError
+
+        from .launch import run_service
 
     try:
         run_service(args[0], broker)
