@@ -35,8 +35,10 @@ import zmq
 try:  # trio internals: checked once, here
     from trio._core._io_epoll import EpollIOManager
     from trio._core._run import GLOBAL_RUN_CONTEXT, SystemClock
+
+    _INTERNALS = True
 except ImportError:  # pragma: no cover - another trio or another OS
-    GLOBAL_RUN_CONTEXT = EpollIOManager = SystemClock = None
+    _INTERNALS = False
 
 #: ``idle_poll`` verdicts
 SKIPPED = 0  # trio is not idle (or the fast path is off): wait through trio as usual
@@ -50,7 +52,7 @@ _WANTED = ("runq", "tasks", "deadlines", "clock", "instruments", "waiting_for_id
 
 
 def _enabled() -> bool:
-    return GLOBAL_RUN_CONTEXT is not None and os.environ.get("LABCTL_TRIO_IDLE_POLL") != "0"
+    return _INTERNALS and os.environ.get("LABCTL_TRIO_IDLE_POLL") != "0"
 
 
 ENABLED = _enabled()
