@@ -179,8 +179,8 @@ lease_option = click.option(
 
 
 def force_options(fn: Any) -> Any:
-    """``--force --reason TEXT``: operate a device in maintenance (journaled; admin-only
-    once roles exist)."""
+    """``--force --reason TEXT``: operate a device in maintenance (journaled; with CurveZMQ
+    on, admin keys only)."""
     fn = click.option("--reason", default="", help="Why --force (kept in the audit journal).")(fn)
     return click.option(
         "--force",

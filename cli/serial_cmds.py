@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .commands import lease_option
+from .commands import force_options, forced, lease_option
 from .main import broker_option, lab_from, main
 
 ESCAPE = b"\x1d"  # Ctrl-]
@@ -39,31 +39,65 @@ def write_access(lab: Any, device: str, lease_id: str | None, need: bool = True)
 )
 @click.option("--read-only", is_flag=True, help="Only watch; take no lease.")
 @lease_option
+@force_options
 @broker_option
 def console(
-    device_name: str, since: int | None, read_only: bool, lease_id: str | None, broker: str | None
+    device_name: str,
+    since: int | None,
+    read_only: bool,
+    lease_id: str | None,
+    force: bool,
+    reason: str,
+    broker: str | None,
 ) -> None:
     """Attach this terminal to DEVICE's console. Escape: Ctrl-] then q (quit), b (break),
-    p (power-cycle the power device of the same DUT in the same lease), ? (help)."""
+    p (power-cycle the power device of the same DUT in the same lease), ? (help).
+
+    On a device in maintenance an admin types into it with --force --reason TEXT (no
+    lease; journaled; the console closes when maintenance ends); others watch."""
     from labctl.errors import DeviceBusy
 
+    why = forced(force, reason)
+    if why is not None and read_only:
+        raise click.UsageError("--read-only needs no --force (anyone may watch)")
+    args: dict[str, Any] = {} if since is None else {"since": since}
     with lab_from(broker) as lab:
+        if why is None and lease_id is None and not read_only:
+            read_only = _in_maintenance(lab, device_name, args)
         try:
-            ctx = write_access(lab, device_name, lease_id, need=not read_only)
+            ctx = write_access(lab, device_name, lease_id, need=not read_only and why is None)
             held = ctx.__enter__()
         except DeviceBusy as exc:
             click.echo(f"[labctl] read-only: {exc.message}", err=True)
             ctx, held = write_access(lab, device_name, None, need=False), None
             ctx.__enter__()
         try:
-            dev = lab.device(device_name, lease=held)
-            stream = dev.stream(
-                "console", write=held is not None, **({"since": since} if since is not None else {})
-            )
+            dev = lab.device(device_name, lease=held, force=why)
+            stream = dev.stream("console", write=held is not None or why is not None, **args)
             click.echo(f"[labctl] connected to {device_name}; Ctrl-] ? for help", err=True)
             _interact(lab, stream, dev, held)
         finally:
             ctx.__exit__(None, None, None)
+
+
+def _in_maintenance(lab: Any, device_name: str, args: dict[str, Any]) -> bool:
+    """Whether a console without a lease or force must only watch: the device is in
+    maintenance, which nobody can lease. The broker's refusal of a write, which tells the
+    reason and how to force, is printed; False if it let the write through (maintenance
+    has just ended: lease as usual)."""
+    from labctl.errors import InMaintenance, LabError
+
+    dev = lab.device(device_name)
+    if dev.info.get("health") != "maintenance":
+        return False
+    try:
+        dev.stream("console", write=True, resume=0, **args).close()
+    except InMaintenance as exc:
+        click.echo(f"[labctl] read-only: {exc.message}", err=True)
+        return True
+    except LabError:  # lease-required: maintenance ended meanwhile
+        return False
+    return False
 
 
 def _interact(lab: Any, stream: Any, dev: Any, held: Any) -> None:
@@ -227,6 +261,7 @@ LINESEPS = {"lf": "\n", "cr": "\r", "crlf": "\r\n", "none": ""}
 @click.option("--timeout", type=float, default=60, show_default=True, help="For --expect.")
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text")
 @lease_option
+@force_options
 @broker_option
 def send(
     device_name: str,
@@ -238,6 +273,8 @@ def send(
     timeout: float,
     fmt: str,
     lease_id: str | None,
+    force: bool,
+    reason: str,
     broker: str | None,
 ) -> None:
     """Type TEXT (plus a line ending) into DEVICE's console.
@@ -245,12 +282,14 @@ def send(
     The service remembers where the console's output stood at this send (until the
     lease ends with a reset), so a following `labctl serial expect DEVICE PATTERN`, in
     another process, searches the answer from there. `--expect PATTERN` does both in
-    one command."""
+    one command. A device in maintenance takes it only with --force --reason TEXT
+    (journaled); `expect` and `log` only read, and need neither lease nor force."""
     from .commands import one_shot
 
     ending = "" if raw else LINESEPS["crlf" if crlf else linesep]
+    why = forced(force, reason)
     with lab_from(broker) as lab:
-        n = one_shot(lab, device_name, lease_id, "send", [text + ending], {})
+        n = one_shot(lab, device_name, lease_id, "send", [text + ending], {}, why)
         if pattern is None:
             click.echo(f"sent {n} bytes", err=True)
             return

@@ -86,19 +86,27 @@ class AsyncDevice:
     def stream(
         self, name: str, write: bool | None = None, resume: float = core.RESUME_FOR, **args: Any
     ) -> AsyncByteStream:
-        """A byte stream, opened by ``async with``; as ``Device.stream``."""
+        """A byte stream, opened by ``async with``; as ``Device.stream`` (writable by
+        default under a lease or a ``force`` reason, which every reopen sends again)."""
         if write is None:
-            write = self.lease_id is not None
-        return AsyncByteStream(self._lab, self.name, name, write, self.lease_id, args, resume)
+            write = self._may_write
+        return AsyncByteStream(self._lab, self.name, name, write, self.lease_id, args, resume,
+                               self.force)  # fmt: skip
+
+    @property
+    def _may_write(self) -> bool:
+        """Whether streams open writable by default: under a lease, or forced."""
+        return self.lease_id is not None or self.force is not None
 
     def console(
         self, since: int | None = None, write: bool | None = None, encoding: str | None = "utf-8"
     ) -> AsyncConsole:
-        """A pexpect-style console (``async with device.console() as con``)."""
+        """A pexpect-style console (``async with device.console() as con``); writable if
+        the device is leased or forced, as ``Device.console``."""
         from secrets import token_hex
 
         args: dict[str, Any] = {} if since is None else {"since": since}
-        if (self.lease_id is not None) if write is None else write:
+        if self._may_write if write is None else write:
             args["input_id"] = token_hex(8)  # input lost in a broker restart is resent
         return AsyncConsole(self.stream("console", write=write, **args), encoding=encoding)
 

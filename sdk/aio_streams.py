@@ -98,9 +98,11 @@ class AsyncByteStream:
         lease: str | None,
         args: dict[str, Any],
         resume: float = core.RESUME_FOR,
+        force: str | None = None,
     ) -> None:
+        """``force``: the reason to write to a device in maintenance (as ``ByteStream``)."""
         self.address, self.timeout, self.keys = lab.address, lab.timeout, lab.keys
-        self.state = core.StreamState(device, name, write, lease, args, resume)
+        self.state = core.StreamState(device, name, write, lease, args, resume, force=force)
         self._sock: TrioSocket | None = None
         self._changed = trio.Event()
         self._failure: LabError | None = None  # a resume that gave up

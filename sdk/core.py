@@ -113,8 +113,11 @@ class StreamState:
         args: dict[str, Any],
         resume: float = RESUME_FOR,
         frame: int = MAX_WRITE,
+        force: str | None = None,
     ) -> None:
         self.device, self.name, self.want_write, self.lease = device, name, write, lease
+        #: the reason a write stream on a device in maintenance is forced (§8), every open
+        self.force = force
         self.frame = frame  # bytes per STREAM-DATA we send
         self.args = dict(args)
         self.resume_for = resume
@@ -137,11 +140,14 @@ class StreamState:
 
     # -- opening and resuming -------------------------------------------------------------
     def open_message(self) -> protocol.StreamOpen:
+        """STREAM-OPEN for the first open and every reopen: same ``write``, ``lease`` and
+        ``force`` (a forced writer must be forced again, or the reopen is refused)."""
         args = dict(self.args)
         if self.offset is not None:
             args["since"] = self.offset
+        force = self.force if self.want_write else None  # a reader needs none (§8)
         return protocol.StreamOpen(None, self.device, self.name, self.want_write, self.lease,
-                                   args, WINDOW)  # fmt: skip
+                                   args, WINDOW, force=force)  # fmt: skip
 
     def opened(self, reply: dict[str, Any]) -> None:
         self.sid = reply["sid"]

@@ -86,7 +86,9 @@ class Device:
     ) -> Any:
         """Open a byte stream (``console``, ``frames``, ``upload``) on this device.
 
-        ``write`` defaults to whether this proxy holds a lease. If the broker restarts or
+        ``write`` defaults to whether this proxy holds a lease or a ``force`` reason (a
+        device in maintenance: the write is forced, journaled, and the broker closes the
+        stream when maintenance ends, PROTOCOL.md §8). If the broker restarts or
         the service goes away, the stream reopens where it left off for up to ``resume``
         seconds before it reports the stream closed (0: report at once; right for uploads).
         An upload ends with ``stream.finish(timeout)``: the service's result, or its error.
@@ -97,22 +99,27 @@ class Device:
         from .streams import ByteStream
 
         if write is None:
-            write = self.lease_id is not None
-        return ByteStream(
-            self._lab, self.name, name, write, self.lease_id, args, resume, frame_size or MAX_WRITE
-        )
+            write = self._may_write
+        return ByteStream(self._lab, self.name, name, write, self.lease_id, args, resume,
+                          frame_size or MAX_WRITE, self.force)  # fmt: skip
+
+    @property
+    def _may_write(self) -> bool:
+        """Whether streams open writable by default: under a lease, or forced."""
+        return self.lease_id is not None or self.force is not None
 
     def console(
         self, since: int | None = None, write: bool | None = None, encoding: str | None = "utf-8"
     ) -> Console:
         """A pexpect-style console over the device's ``console`` stream, from scrollback
-        offset ``since`` (None: new output only); writable if the device is leased."""
+        offset ``since`` (None: new output only); writable if the device is leased or
+        forced (``lab.device(name, force="reason")`` on a device in maintenance)."""
         from secrets import token_hex
 
         from .console import Console
 
         args: dict[str, Any] = {} if since is None else {"since": since}
-        if (self.lease_id is not None) if write is None else write:
+        if self._may_write if write is None else write:
             # names this writer across reopens: input lost in a broker restart is resent
             args["input_id"] = token_hex(8)
         return Console(self.stream("console", write=write, **args), encoding=encoding)
@@ -292,8 +299,8 @@ class Lab:
         """A proxy for device ``name``; with ``lease``, mutating calls are made under it.
 
         ``force`` (a reason) operates a device in maintenance without a lease; the broker
-        journals who forced it and why (admin-only once roles exist, PROTOCOL.md §8).
-        """
+        journals who forced it and why (admins only, PROTOCOL.md §8). Its streams open
+        writable by default, forced the same way."""
         info = self.client.call("device", name=name)
         lease_id = lease.id if isinstance(lease, Lease) else lease
         return device_class(info.get("kind"))(self, name, info, lease=lease_id, force=force)

@@ -118,10 +118,13 @@ class ByteStream:
         args: dict[str, Any],
         resume: float = RESUME_FOR,
         frame: int = MAX_WRITE,
+        force: str | None = None,
     ) -> None:
+        """``force``: the reason to write to a device in maintenance without a lease
+        (journaled by the broker, sent again on each reopen; PROTOCOL.md §8)."""
         self.address = lab.address
         self._keys: ClientKeys | Literal[False] = lab.client.keys or False  # CURVE, or open
-        self.state = StreamState(device, name, write, lease, args, resume, frame)
+        self.state = StreamState(device, name, write, lease, args, resume, frame, force)
         self.device, self.name = device, name
         self._client: BusClient | None = None
         self._opens = 0  # how many times the stream was opened (a reopen resends input)
