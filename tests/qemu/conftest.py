@@ -19,6 +19,17 @@ from labctl import Lab
 from ..harness import LabHarness, free_port
 
 BOOT_TIMEOUT = 60  # seconds to login: under TCG on a loaded 2-core machine (2-5 s when idle)
+#: QEMU under TCG takes a whole core while it boots: a service may wait for the CPU longer
+#: than the default harness heartbeat (0.2 s, gone after 0.6 s of silence) allows; the broker
+#: then drops it mid-call ("service went away: heartbeat timeout", seen once in 19 runs)
+HEARTBEAT = 0.5
+
+
+@pytest.fixture(params=["ipc"])
+def harness(request: pytest.FixtureRequest, workdir: Path) -> Iterator[LabHarness]:
+    h = LabHarness(workdir, transport=request.param, heartbeat=HEARTBEAT)
+    yield h
+    h.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
