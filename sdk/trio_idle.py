@@ -74,7 +74,7 @@ def _runner() -> Any:
     if type(io) is not EpollIOManager or not hasattr(io, "_epoll"):
         return None
     if type(runner.clock) is not SystemClock or runner.is_guest:
-        return None
+        return None  # (only a MockClock moves clock_autojump_threshold off infinity)
     task = getattr(GLOBAL_RUN_CONTEXT, "task", None)
     if not hasattr(task, "_next_send_fn") or not hasattr(
         getattr(task, "_cancel_status", None), "effectively_cancelled"
@@ -97,7 +97,8 @@ def _runnable(tasks: Any, current: Any) -> bool:
     return False
 
 
-#: the runner last seen and its epoll fd (one trio run per thread at a time)
+#: the runner last seen and its epoll fd, -1 if the fast path cannot read that run (one
+#: trio run per thread at a time)
 _last: tuple[Any, int] = (None, -1)
 
 
@@ -107,30 +108,32 @@ def idle_poll(sock: zmq.Socket[Any]) -> int:
     Call it only where the task would otherwise wait for ``sock`` to be readable, right
     after reading EVENTS found nothing (zmq_poll reads EVENTS last too, so the socket's
     edge stays armed). A task whose scope was cancelled does not sleep here: the cancel
-    is delivered at its next checkpoint, which must come first. ``SKIPPED``: wait through trio; ``READY``: receive now, without a
-    checkpoint (the run was idle: nobody else wants the thread); ``WOKE``: go through
-    trio (``await trio.lowlevel.checkpoint()``), then look at the socket again.
+    is delivered at its next checkpoint, which must come first.
+
+    ``SKIPPED``: wait through trio; ``READY``: receive now, without a checkpoint (the run
+    was idle: nobody else wants the thread); ``WOKE``: go through trio (``await
+    trio.lowlevel.checkpoint()``), then look at the socket again.
     """
     global _last
     if not ENABLED:
         return SKIPPED
     runner, epfd = _last
-    if runner is not GLOBAL_RUN_CONTEXT.__dict__.get("runner"):
-        runner = _runner()
-        if runner is None:
-            return SKIPPED
-        epfd = runner.io_manager._epoll.fileno()
+    current: Any = GLOBAL_RUN_CONTEXT.__dict__.get("runner")
+    if runner is not current:  # a new run: can the fast path read it? (asked once per run)
+        readable = _runner()
+        runner, epfd = current, -1 if readable is None else readable.io_manager._epoll.fileno()
         _last = (runner, epfd)
+    if epfd < 0:
+        return SKIPPED
     if (
         runner.runq
         or len(runner.tasks) > _MAX_TASKS
         or _runnable(runner.tasks, GLOBAL_RUN_CONTEXT.task)
         or runner.waiting_for_idle
-        or "before_io_wait" in runner.instruments
-        or runner.clock_autojump_threshold != math.inf
-        or GLOBAL_RUN_CONTEXT.task._cancel_status.effectively_cancelled  # delivered at the
-        # next checkpoint, which must come first (current_effective_deadline() walks the
-        # whole scope chain: 30 calls)
+        or "before_io_wait" in runner.instruments  # instruments come and go during a run
+        # a cancel is delivered at the next checkpoint, which must come first (one read:
+        # current_effective_deadline() walks the whole scope chain, 30 calls)
+        or GLOBAL_RUN_CONTEXT.task._cancel_status.effectively_cancelled
     ):
         return SKIPPED
     timeout = runner.clock.deadline_to_sleep_time(runner.deadlines.next_deadline())
